@@ -1,0 +1,1 @@
+"""The entmtp command line, installed as the package `entmtp_cli`."""

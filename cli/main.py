@@ -1,0 +1,238 @@
+"""The `entmtp` command line (installed as the package entmtp_cli).
+
+Every command turns a user's mistake into one line on stderr and a non-zero exit
+(2 for usage, 1 otherwise); `--debug` before the command shows tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from entmtp.errors import EntmtpError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="entmtp: fast, exact Medusa/Hydra self-speculative decoding with entropy-guided trees.",
+)
+models_app = typer.Typer(no_args_is_help=True, help="Known, cached and imported models.")
+trees_app = typer.Typer(no_args_is_help=True, help="Draft trees shipped with entmtp or in JSON files.")
+kernels_app = typer.Typer(no_args_is_help=True, help="The C++/CUDA ops.")
+app.add_typer(models_app, name="models")
+app.add_typer(trees_app, name="trees")
+app.add_typer(kernels_app, name="kernels")
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _DEBUG["on"] = debug
+
+
+def _err(message: str) -> None:
+    typer.echo(f"entmtp: error: {message}", err=True)
+
+
+# --------------------------------------------------------------------------- run
+@app.command()
+def run(
+    prompt_file: Path = typer.Option(..., "--prompt-file", help=".txt: one prompt; .jsonl: one {\"prompt\": ...} per line."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF folder, .gguf file, or a known name (default smollm2-135m-instruct)."),
+    method: str = typer.Option("ar", "--method", help="Decoding method: ar."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Stop after this many new tokens."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp32 (use fp32 for exactness checks)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    raw: bool = typer.Option(False, "--raw", help="Feed the prompt as is, without the chat template."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt on stdout instead of streamed text."),
+) -> None:
+    """Generate text for the prompts in a file."""
+    from entmtp.generate import SamplingConfig
+    from entmtp.loader import load_model, parse_dtype, resolve_device
+    from entmtp.prompts import read_prompt_file
+    from entmtp.runner import make_decoder
+
+    if max_new_tokens <= 0:
+        raise UsageError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    if temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    torch_dtype = parse_dtype(dtype)
+    torch_device = resolve_device(device)
+    prompts = read_prompt_file(prompt_file)
+    loaded = load_model(model, torch_dtype, torch_device)
+    decoder = make_decoder(method, loaded)
+    sampling = SamplingConfig(temperature=temperature, seed=seed)
+    tok = loaded.tokenizer
+
+    for index, prompt in enumerate(prompts):
+        ids = tok.encode(prompt) if raw else tok.encode_chat(prompt)
+        stream = None
+        if not as_json:
+            if index:
+                sys.stdout.write("\n\n")
+            stream = tok.stream_decoder()
+
+            def on_tokens(new_ids: list[int], stream=stream) -> None:
+                text = "".join(stream.push(i) for i in new_ids if i not in loaded.eos_token_ids)
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        result = decoder.generate(ids, max_new_tokens, loaded.eos_token_ids, sampling,
+                                  on_tokens=None if as_json else on_tokens)
+        generated = [i for i in result.token_ids if i not in loaded.eos_token_ids]
+        if as_json:
+            record = {
+                "prompt": prompt,
+                "text": tok.decode(generated),
+                "token_ids": result.token_ids,
+                "n_tokens": result.n_tokens,
+                "prompt_tokens": result.prompt_tokens,
+                "steps": result.steps,
+                "seconds": round(result.seconds, 6),
+                "prefill_seconds": round(result.prefill_seconds, 6),
+                "tokens_per_second": round(result.tokens_per_second, 3),
+                "tokens_per_step": round(result.tokens_per_step, 4),
+                "method": result.method,
+                "stop_reason": result.stop_reason,
+                "dtype": dtype,
+                "device": str(torch_device),
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            sys.stdout.write(stream.flush())
+            sys.stdout.flush()
+        typer.echo(
+            f"\n[{result.method}] {result.n_tokens} tokens in {result.seconds:.2f} s "
+            f"({result.tokens_per_second:.1f} tok/s, {result.steps} steps, "
+            f"{result.tokens_per_step:.2f} tokens/step, prefill {result.prefill_seconds * 1000:.0f} ms, "
+            f"stop: {result.stop_reason})",
+            err=True,
+        )
+
+
+# ------------------------------------------------------------------- bench-step
+@app.command("bench-step")
+def bench_step(
+    model: Optional[str] = typer.Option(None, "--model"),
+    dtype: str = typer.Option("bf16", "--dtype"),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per run."),
+    repeats: int = typer.Option(5, "--repeats", help="Runs per contender; medians are reported."),
+    no_transformers: bool = typer.Option(False, "--no-transformers", help="Skip the transformers contender."),
+) -> None:
+    """ms per decode step of our model vs transformers, interleaved in one run."""
+    from entmtp.step_bench import run_step_bench
+
+    if new_tokens < 2 or repeats < 1:
+        raise UsageError("--new-tokens must be >= 2 and --repeats >= 1")
+    run_step_bench(model, dtype, new_tokens, repeats, with_transformers=not no_transformers)
+
+
+# ----------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list() -> None:
+    """Known models, whether their source is installed, and what is cached."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from entmtp.model_registry import list_models
+
+    table = Table("name", "status", "path")
+    for entry in list_models():
+        table.add_row(str(entry.get("name")), str(entry.get("status", "")), str(entry.get("path") or ""))
+    Console().print(table)
+
+
+@models_app.command("import-gguf")
+def models_import_gguf(gguf: Path = typer.Argument(..., help="A llama-architecture .gguf file."),
+                       out: Path = typer.Argument(..., help="Folder to write (must not exist).")) -> None:
+    """Convert a GGUF file into a Hugging Face-style folder entmtp can load."""
+    from entmtp.gguf_import import convert_gguf
+
+    if not gguf.is_file():
+        raise EntmtpError(f"GGUF file {gguf} does not exist")
+    if out.exists():
+        raise EntmtpError(f"output folder {out} already exists")
+    path = convert_gguf(gguf, out)
+    typer.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------ trees
+@trees_app.command("show")
+def trees_show(name: str = typer.Argument(..., help="A shipped tree name or a tree JSON path.")) -> None:
+    """Render a tree with its nodes per depth."""
+    from rich.console import Console
+
+    from entmtp.tree_render import render_tree
+    from entmtp.trees import load_tree
+
+    Console().print(render_tree(load_tree(name)))
+
+
+@trees_app.command("list")
+def trees_list() -> None:
+    """Names of the shipped trees."""
+    from entmtp.trees import list_trees, load_tree
+
+    for name in list_trees():
+        tree = load_tree(name)
+        typer.echo(f"{name}\t{tree.n_nodes - 1} nodes\tdepth {tree.max_depth}")
+
+
+# ---------------------------------------------------------------------- kernels
+@kernels_app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def kernels_bench(ctx: typer.Context) -> None:
+    """Kernel benchmarks vs plain torch (options: see `entmtp kernels bench --help-bench`)."""
+    from entmtp.kernel_bench import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
+# ------------------------------------------------------------------------- main
+def main(argv: Optional[list[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="entmtp", standalone_mode=False)
+        return 0
+    except click.exceptions.NoArgsIsHelpError:
+        return 0  # help was printed
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
+    except click.ClickException as exc:
+        # Usage mistakes: one line instead of click's usage box.
+        _err(exc.format_message())
+        return 2
+    except EntmtpError as exc:
+        if _DEBUG["on"]:
+            raise
+        _err(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line unless --debug
+        if _DEBUG["on"] or "--debug" in args:
+            raise
+        _err(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,184 @@
+"""A small Llama-family decoder (llama, mistral, qwen2) in plain torch.
+
+One forward serves prefill, single-token decode and tree verification: it takes
+token ids, explicit position ids, the committed cache length and an optional
+tree mask (ancestor bitmask), writes the new tokens' K/V into the preallocated
+cache right after the committed prefix, and attends through the one attention
+op `entmtp.ops.tree_attention`.
+
+Weights are plain tensors (q/k/v and gate/up fused into one matrix each) and the
+layer loop is a plain Python loop over them: the decode step is dominated by
+weight streaming, so every avoided op and module call counts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .config import ModelConfig, rope_inverse_frequencies
+
+
+@dataclasses.dataclass
+class LayerWeights:
+    input_norm: torch.Tensor      # [H]
+    qkv: torch.Tensor             # [(Hq + 2 Hkv) D, H]
+    qkv_bias: Optional[torch.Tensor]  # [(Hq + 2 Hkv) D] (qwen2) or None
+    o: torch.Tensor               # [H, Hq D]
+    post_norm: torch.Tensor       # [H]
+    gate_up: torch.Tensor         # [2 I, H]
+    down: torch.Tensor            # [H, I]
+
+
+class KVCache:
+    """Preallocated K/V for all layers in one tensor, so a commit is one op.
+
+    kv: [n_layers, 2 (K, V), B, Hkv, capacity, D]. Slots [0, L) hold the
+    committed sequence; a forward of T tokens writes slots [L, L + T).
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        self.capacity = capacity
+        self.kv = torch.zeros(
+            config.num_hidden_layers, 2, batch, config.num_key_value_heads, capacity,
+            config.head_dim, dtype=dtype, device=device)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [M, K] @ weight[N, K].T (+ bias) -> [M, N].
+
+    fp32 with few rows goes through (W @ x.T).T: MKL's fp32 GEMV and small-M GEMM
+    run slow and single-threaded, while the transposed product takes its fast
+    multi-threaded path (measured 1.65x faster decode; reference/default-model.md
+    §2.4). M = 1 is padded to 2 rows for the same reason. bf16 (oneDNN) is fine as is.
+    """
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+        # torch's bf16 matmul is slow on CPUs without native bf16 dot products;
+        # our kernel widens the weights to fp32 in registers (csrc/kernels/linear_bf16w.h).
+        return torch.ops.entmtp.linear_bf16w(x, weight, bias)
+    if x.dtype == torch.float32 and x.shape[0] <= 32:
+        rows = x.shape[0]
+        if rows == 1:
+            x = x.expand(2, -1)
+        out = torch.mm(weight, x.t()).t()[:rows]
+        return out + bias if bias is not None else out
+    return F.linear(x, weight, bias)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Variance in fp32 as Llama's reference does, then back to the working dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
+                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+        self.config = config
+        self.embed = embed            # [V, H]
+        self.layers = layers
+        self.final_norm = final_norm  # [H]
+        self.lm_head = lm_head        # [V, H]; the same tensor as embed when tied
+        self.dtype = embed.dtype
+        self.device = embed.device
+        inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)
+        self._inv_freq = inv_freq  # [D/2]
+        self._rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._ensure_rope(min(config.max_position_embeddings, 4096))
+
+    # -- RoPE -----------------------------------------------------------------
+    def _ensure_rope(self, n_positions: int) -> None:
+        if self._rope_cache is not None and self._rope_cache[0].shape[0] >= n_positions:
+            return
+        pos = torch.arange(n_positions, dtype=torch.float64)
+        angles = torch.outer(pos, self._inv_freq)  # [P, D/2]
+        # Rotate-half layout: dimension i pairs with i + D/2, so repeat the table.
+        angles = torch.cat([angles, angles], dim=-1).float()  # [P, D]
+        self._rope_cache = (angles.cos().to(self.device, self.dtype),
+                            angles.sin().to(self.device, self.dtype))
+
+    def _apply_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x [B, T, heads, D]; cos/sin [B, T, 1, D]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    # -- forward --------------------------------------------------------------
+    def new_cache(self, batch: int = 1, capacity: Optional[int] = None) -> KVCache:
+        capacity = capacity or self.config.max_position_embeddings
+        self._ensure_rope(capacity)
+        return KVCache(self.config, batch, capacity, self.dtype, self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache,
+        cache_len: int,
+        tree_bits: Optional[torch.Tensor] = None,
+        logits_rows: Optional[torch.Tensor | slice] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Run T new tokens after `cache_len` committed ones.
+
+        input_ids, position_ids: [B, T]. tree_bits: None (causal among the new
+        tokens) or the ancestor bitmask [T, ceil(T/64)] of a draft tree.
+        logits_rows selects which of the T positions get LM-head logits (an index
+        tensor or slice); None means all, and an empty slice skips the LM head.
+        Returns (hidden [B, T, H] after the final norm, logits [B, T', V] or None).
+        """
+        cfg = self.config
+        batch, n_new = input_ids.shape
+        end = cache_len + n_new
+        if end > cache.capacity:
+            raise ValueError(f"sequence of {end} tokens exceeds the cache capacity {cache.capacity}")
+        if cfg.sliding_window is not None and end > cfg.sliding_window:
+            raise ValueError(f"sequence of {end} tokens exceeds the sliding window {cfg.sliding_window}")
+        n_q, n_kv, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q_width, kv_width = n_q * head_dim, n_kv * head_dim
+        scale = 1.0 / math.sqrt(head_dim)
+        cos_table, sin_table = self._rope_cache
+        cos = cos_table[position_ids].unsqueeze(2)  # [B, T, 1, D]
+        sin = sin_table[position_ids].unsqueeze(2)
+
+        x = self.embed[input_ids].reshape(batch * n_new, cfg.hidden_size)  # [B T, H]
+        kv = cache.kv
+        for index, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
+            qkv = linear(h, layer.qkv, layer.qkv_bias).view(batch, n_new, -1)
+            q = qkv[..., :q_width].view(batch, n_new, n_q, head_dim)
+            k = qkv[..., q_width:q_width + kv_width].view(batch, n_new, n_kv, head_dim)
+            v = qkv[..., q_width + kv_width:].view(batch, n_new, n_kv, head_dim)
+            q = self._apply_rope(q, cos, sin)
+            k = self._apply_rope(k, cos, sin)
+            # New K/V go right after the committed prefix: [B, Hkv, T, D] slots.
+            kv[index, 0, :, :, cache_len:end] = k.transpose(1, 2)
+            kv[index, 1, :, :, cache_len:end] = v.transpose(1, 2)
+            attn = ops.tree_attention(q, kv[index, 0, :, :, :end], kv[index, 1, :, :, :end],
+                                      tree_bits, scale)  # [B, T, Hq, D]
+            x = x + linear(attn.view(batch * n_new, q_width), layer.o)
+            h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
+            gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, layer.down)
+        hidden = rms_norm(x, self.final_norm, cfg.rms_norm_eps).view(batch, n_new, -1)
+        if logits_rows is None:
+            rows = hidden
+        else:
+            rows = hidden[:, logits_rows]
+            if rows.shape[1] == 0:
+                return hidden, None
+        logits = linear(rows.reshape(-1, cfg.hidden_size), self.lm_head)
+        return hidden, logits.view(batch, rows.shape[1], -1)
+
+    __call__ = forward
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits for hidden states [..., H] -> [..., V]."""
+        shape = hidden.shape
+        return linear(hidden.reshape(-1, shape[-1]), self.lm_head).view(*shape[:-1], -1)

@@ -1,0 +1,66 @@
+"""Rich rendering of a draft tree: every node, plus a summary table.
+
+Used by the CLI to show a tree and, after a run, the acceptance rate measured at
+each node or at each (depth, rank) head slot.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree as RichTree
+
+from .trees import Tree
+
+# Acceptance rates keyed by (depth, rank) head slot or by node index.
+AcceptanceStats = Mapping[Union[tuple, int], float]
+
+
+def _node_rate(tree: Tree, node: int, stats: AcceptanceStats) -> Optional[float]:
+    # A node index wins over its (depth, rank) slot when both are given.
+    if node in stats:
+        return stats[node]
+    return stats.get((tree.depths[node], tree.ranks[node]))
+
+
+def _node_label(tree: Tree, node: int, stats: Optional[AcceptanceStats]) -> Text:
+    if node == 0:
+        label = Text("root (node 0)", style="bold")
+    else:
+        label = Text(f"d{tree.depths[node]} r{tree.ranks[node]} (node {node})")
+    if stats:
+        rate = _node_rate(tree, node, stats)
+        if rate is not None:
+            label.append(f"  acc {rate:.2f}", style="green" if rate >= 0.5 else "yellow")
+    return label
+
+
+def _summary_table(tree: Tree) -> Table:
+    leaf_depths = [tree.depths[leaf] for leaf in tree.leaves]
+    table = Table(title=f"tree {tree.name}", title_justify="left")
+    table.add_column("depth", justify="right")
+    table.add_column("nodes", justify="right")
+    table.add_column("leaves", justify="right")
+    for depth, count in enumerate(tree.nodes_per_depth):
+        table.add_row(str(depth), str(count), str(leaf_depths.count(depth)))
+    table.add_section()
+    table.add_row("all", str(tree.n_nodes), str(len(tree.leaves)))
+    return table
+
+
+def render_tree(tree: Tree, stats: Optional[AcceptanceStats] = None) -> RenderableType:
+    """A rich renderable: a header line, a per-depth table and the full node tree.
+
+    stats: optional acceptance rates, keyed by (depth, rank) or by node index,
+    shown next to the nodes they apply to.
+    """
+    header = Text(
+        f"T = {tree.n_nodes} nodes (root included), max depth {tree.max_depth}, "
+        f"top_k needed {tree.top_k_needed}, {len(tree.leaves)} leaves")
+    rich_nodes = {0: RichTree(_node_label(tree, 0, stats), guide_style="dim")}
+    # Canonical order puts parents first, so each parent's branch exists when a child is added.
+    for node in range(1, tree.n_nodes):
+        rich_nodes[node] = rich_nodes[tree.parents[node]].add(_node_label(tree, node, stats))
+    return Group(header, _summary_table(tree), rich_nodes[0])

@@ -1,0 +1,471 @@
+"""Draft trees as data: JSON files validated into frozen `Tree` objects.
+
+A tree is Medusa's list of paths (formats.md §1.3): a path is a list of top-k
+ranks, one per depth, so `[0, 2]` is the rank-2 token of head 1 placed under the
+rank-0 token of head 0. The root (the base model's own next token) is implicit.
+Paths are kept in canonical order, sorted by (length, path); node 0 is the root
+and node i >= 1 is `paths[i - 1]`. That order puts every parent before its
+children and keeps the nodes of one depth contiguous.
+
+Everything derived from the paths is computed once: host-side tuples when the
+Tree is built, torch tensors (`TreeBuffers`) once per (device, top_k) and cached
+on the tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import math
+import os
+import types
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import EntmtpError
+
+TREE_FORMAT = "entmtp-tree/1"
+SHIPPED_TREES_PACKAGE = "entmtp.trees_data"
+_DOCUMENT_KEYS = {"format", "name", "paths", "metadata"}
+_REQUIRED_DOCUMENT_KEYS = ("format", "name", "paths")
+_BITS_PER_WORD = 64
+
+
+# --------------------------------------------------------------------------- #
+# Validation
+# --------------------------------------------------------------------------- #
+
+def _canonical_paths(raw_paths: Any, where: str) -> tuple[tuple[int, ...], ...]:
+    """Validate a list of paths and return it sorted by (length, path).
+
+    `where` names the tree or file in every message ("tree file x.json").
+    """
+    if not isinstance(raw_paths, (list, tuple)):
+        raise EntmtpError(f"{where}: 'paths' must be a list of paths, not {type(raw_paths).__name__}")
+    if not raw_paths:
+        raise EntmtpError(f"{where}: 'paths' is empty; a tree needs at least one node below the root")
+    paths: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
+    for position, raw in enumerate(raw_paths):
+        if not isinstance(raw, (list, tuple)):
+            raise EntmtpError(
+                f"{where}: path #{position} must be a list of ranks, not {type(raw).__name__} ({raw!r})")
+        if not raw:
+            raise EntmtpError(f"{where}: path #{position} is empty; the root is implicit and not listed")
+        for rank in raw:
+            # bool is an int subclass, and JSON 1.0 parses as float: both are mistakes here.
+            if isinstance(rank, bool) or not isinstance(rank, int):
+                raise EntmtpError(
+                    f"{where}: path #{position} {list(raw)!r} has a rank that is not an integer: {rank!r}")
+            if rank < 0:
+                raise EntmtpError(f"{where}: path #{position} {list(raw)!r} has a negative rank {rank}")
+        path = tuple(raw)
+        if path in seen:
+            raise EntmtpError(f"{where}: path {list(path)!r} is listed twice")
+        seen.add(path)
+        paths.append(path)
+    for path in paths:
+        for cut in range(1, len(path)):
+            if path[:cut] not in seen:
+                raise EntmtpError(
+                    f"{where}: path {list(path)!r} needs its prefix {list(path[:cut])!r}, "
+                    "which is not in the tree (every prefix of a path must be listed)")
+    return tuple(sorted(paths, key=lambda p: (len(p), p)))
+
+
+def _freeze_json(value: Any) -> Any:
+    """JSON value -> read-only equivalent (dict -> MappingProxyType, list -> tuple)."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({str(k): _freeze_json(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_json(v) for v in value)
+    return value
+
+
+def _thaw_json(value: Any) -> Any:
+    """Inverse of `_freeze_json`, for writing JSON."""
+    if isinstance(value, Mapping):
+        return {k: _thaw_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw_json(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# Pure structure functions
+# --------------------------------------------------------------------------- #
+
+def ancestor_bits(parents: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Ancestor bitmask of a tree given by its parent array.
+
+    parents: [T] with parents[0] == -1 (root) and parents[i] < i otherwise.
+    Returns int64 [T, ceil(T/64)] on the CPU: bit (j % 64) of word j // 64 in
+    row i is set iff node j is node i itself or one of its ancestors. This is
+    the mask format of `entmtp.ops.tree_attention` (query i may attend to tree
+    key j). Bit 63 of a word is the int64 sign bit, so a word can be negative.
+    """
+    parent_list = [int(p) for p in (parents.tolist() if isinstance(parents, torch.Tensor) else parents)]
+    n_nodes = len(parent_list)
+    n_words = max(1, math.ceil(n_nodes / _BITS_PER_WORD))
+    # Python ints hold each row as one unbounded bitset; since a parent comes
+    # before its child, a row is its parent's row plus its own bit.
+    row_masks: list[int] = []
+    for node, parent in enumerate(parent_list):
+        if node == 0:
+            if parent != -1:
+                raise ValueError(f"parents[0] must be -1 (the root), got {parent}")
+            row_masks.append(1)
+            continue
+        if not 0 <= parent < node:
+            raise ValueError(f"parents[{node}] = {parent} must lie in [0, {node})")
+        row_masks.append(row_masks[parent] | (1 << node))
+    words = np.zeros((n_nodes, n_words), dtype=np.uint64)
+    word_mask = (1 << _BITS_PER_WORD) - 1
+    for node, mask in enumerate(row_masks):
+        for word in range(n_words):
+            words[node, word] = (mask >> (word * _BITS_PER_WORD)) & word_mask
+    # Reinterpret the unsigned words as int64 (two's complement), no value change in bits.
+    return torch.from_numpy(words.view(np.int64).copy())
+
+
+# --------------------------------------------------------------------------- #
+# Device buffers
+# --------------------------------------------------------------------------- #
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TreeBuffers:
+    """Torch tensors of one tree for one (device, top_k); built by `Tree.buffers`.
+
+    T = n_nodes (root included), W = ceil(T/64), L = number of leaves,
+    D = max_depth. All index tensors are int64 on `device`.
+    """
+
+    device: torch.device
+    top_k: int                       # width of each head's top-k list the candidates come from
+    n_nodes: int                     # T
+    max_depth: int                   # D
+    parents: torch.Tensor            # [T] parent node, root -1
+    depths: torch.Tensor             # [T] depth, root 0; + committed length = position ids
+    tree_bits: torch.Tensor          # [T, W] ancestor-or-self bitmask (see `ancestor_bits`)
+    medusa_index: torch.Tensor       # [T] index into [root, head0 top-k, head1 top-k, ...]
+    leaves: torch.Tensor             # [L] leaf nodes, ascending
+    retrieve: torch.Tensor           # [L, D+1] root-to-leaf node chains, padded with -1
+    retrieve_valid: torch.Tensor     # [L, D+1] bool, False exactly on the padding
+    retrieve_lengths: torch.Tensor   # [L] valid entries per row (leaf depth + 1)
+    # Hydra's level-by-level proposal (formats.md §2.3); keys are depths.
+    # For depth d in 1..D (N_d nodes at depth d, E_{d-1} parents at depth d-1 with children):
+    level_nodes: Mapping[int, torch.Tensor]         # d -> [N_d] nodes at depth d, ascending
+    level_parents: Mapping[int, torch.Tensor]       # d -> [N_d] their parent nodes
+    level_ranks: Mapping[int, torch.Tensor]         # d -> [N_d] their ranks in head d-1's top-k
+    level_parent_slots: Mapping[int, torch.Tensor]  # d -> [N_d] row of the parent in expand_parents[d-1]
+    # For parent depth p in 0..D-1: the depth-p nodes that have children, ascending.
+    # Head p runs only on these; its top-k ids [E_p, top_k] gathered at
+    # (level_parent_slots[p+1], level_ranks[p+1]) give the depth-(p+1) tokens.
+    expand_parents: Mapping[int, torch.Tensor]      # p -> [E_p]
+
+
+# --------------------------------------------------------------------------- #
+# The tree
+# --------------------------------------------------------------------------- #
+
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    """A validated draft tree. Construct with `tree_from_paths` or `load_tree`.
+
+    Direct construction `Tree(name, paths, metadata)` also validates and
+    canonicalises. Equality compares name, paths and metadata.
+    """
+
+    name: str
+    paths: tuple[tuple[int, ...], ...]
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, repr=False)
+
+    # Derived host-side structure, indexed by node (T = n_nodes, node 0 = root).
+    n_nodes: int = dataclasses.field(init=False, compare=False)
+    parents: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)  # [T], root -1
+    depths: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)   # [T], root 0
+    ranks: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)    # [T], root -1
+    children: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, compare=False, repr=False)
+    max_depth: int = dataclasses.field(init=False, compare=False)
+    top_k_needed: int = dataclasses.field(init=False, compare=False)  # max rank + 1
+    nodes_per_depth: tuple[int, ...] = dataclasses.field(init=False, compare=False)  # [D+1], [0] = 1
+    leaves: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)   # [L] ascending
+    # [L][D+1] node chains root..leaf padded with -1; [L] valid lengths (leaf depth + 1).
+    retrieve: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, compare=False, repr=False)
+    retrieve_lengths: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)
+    _buffer_cache: dict = dataclasses.field(
+        init=False, compare=False, repr=False, hash=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise EntmtpError(f"tree name must be a non-empty string, not {self.name!r}")
+        where = f"tree {self.name!r}"
+        if not isinstance(self.metadata, Mapping):
+            raise EntmtpError(f"{where}: metadata must be a mapping, not {type(self.metadata).__name__}")
+        paths = _canonical_paths(self.paths, where)
+        set_field = object.__setattr__  # frozen: derived fields are set once, here
+        set_field(self, "paths", paths)
+        set_field(self, "metadata", _freeze_json(self.metadata))
+
+        node_of_path = {path: node for node, path in enumerate(paths, start=1)}
+        parents = (-1,) + tuple(node_of_path.get(path[:-1], 0) for path in paths)
+        depths = (0,) + tuple(len(path) for path in paths)
+        ranks = (-1,) + tuple(path[-1] for path in paths)
+        n_nodes = len(parents)
+        children: list[list[int]] = [[] for _ in range(n_nodes)]
+        for node in range(1, n_nodes):
+            children[parents[node]].append(node)
+        max_depth = max(depths)
+        nodes_per_depth = [0] * (max_depth + 1)
+        for depth in depths:
+            nodes_per_depth[depth] += 1
+        leaves = tuple(node for node in range(n_nodes) if not children[node])
+        retrieve = []
+        for leaf in leaves:
+            chain = [leaf]
+            while parents[chain[-1]] != -1:
+                chain.append(parents[chain[-1]])
+            chain.reverse()
+            retrieve.append(tuple(chain) + (-1,) * (max_depth + 1 - len(chain)))
+
+        set_field(self, "n_nodes", n_nodes)
+        set_field(self, "parents", parents)
+        set_field(self, "depths", depths)
+        set_field(self, "ranks", ranks)
+        set_field(self, "children", tuple(tuple(c) for c in children))
+        set_field(self, "max_depth", max_depth)
+        set_field(self, "top_k_needed", max(ranks) + 1)
+        set_field(self, "nodes_per_depth", tuple(nodes_per_depth))
+        set_field(self, "leaves", leaves)
+        set_field(self, "retrieve", tuple(retrieve))
+        set_field(self, "retrieve_lengths", tuple(depths[leaf] + 1 for leaf in leaves))
+
+    # ---------------------------------------------------------------- checks
+
+    def check_compatible(self, n_heads: int, top_k: int) -> None:
+        """Raise EntmtpError unless heads with `n_heads` heads of `top_k` ranks can fill this tree."""
+        if self.max_depth > n_heads:
+            raise EntmtpError(
+                f"tree {self.name!r} has depth {self.max_depth} but the heads have {n_heads}")
+        self._check_top_k(top_k)
+
+    def _check_top_k(self, top_k: int) -> None:
+        if self.top_k_needed > top_k:
+            worst = next(path for path in self.paths if max(path) == self.top_k_needed - 1)
+            raise EntmtpError(
+                f"tree {self.name!r} uses rank {self.top_k_needed - 1} (path {list(worst)!r}) "
+                f"but the heads propose only the top {top_k}")
+
+    # --------------------------------------------------------------- buffers
+
+    def buffers(self, device: torch.device | str, top_k: int) -> TreeBuffers:
+        """Device tensors for this tree, built on first use and cached per (device, top_k).
+
+        top_k is the width of each head's top-k list (it fixes `medusa_index`);
+        it must exceed every rank in the tree.
+        """
+        device = _normalized_device(device)
+        key = (str(device), int(top_k))
+        cached = self._buffer_cache.get(key)
+        if cached is not None:
+            return cached
+        self._check_top_k(top_k)
+        built = self._build_buffers(device, int(top_k))
+        self._buffer_cache[key] = built
+        return built
+
+    def _build_buffers(self, device: torch.device, top_k: int) -> TreeBuffers:
+        def as_tensor(values: Sequence, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(device)
+
+        depths, parents, ranks = self.depths, self.parents, self.ranks
+        medusa_index = [0] + [1 + (depths[node] - 1) * top_k + ranks[node]
+                              for node in range(1, self.n_nodes)]
+        level_nodes, level_parents, level_ranks, level_parent_slots = {}, {}, {}, {}
+        expand_parents = {}
+        for depth in range(1, self.max_depth + 1):
+            nodes = [node for node in range(self.n_nodes) if depths[node] == depth]
+            # Distinct parents in ascending order; each node's slot is its parent's row there.
+            expanded = sorted({parents[node] for node in nodes})
+            slot_of = {parent: slot for slot, parent in enumerate(expanded)}
+            level_nodes[depth] = as_tensor(nodes)
+            level_parents[depth] = as_tensor([parents[node] for node in nodes])
+            level_ranks[depth] = as_tensor([ranks[node] for node in nodes])
+            level_parent_slots[depth] = as_tensor([slot_of[parents[node]] for node in nodes])
+            expand_parents[depth - 1] = as_tensor(expanded)
+        return TreeBuffers(
+            device=device,
+            top_k=top_k,
+            n_nodes=self.n_nodes,
+            max_depth=self.max_depth,
+            parents=as_tensor(parents),
+            depths=as_tensor(depths),
+            tree_bits=ancestor_bits(parents).to(device),
+            medusa_index=as_tensor(medusa_index),
+            leaves=as_tensor(self.leaves),
+            retrieve=as_tensor(self.retrieve),
+            retrieve_valid=as_tensor(self.retrieve, torch.int64) >= 0,
+            retrieve_lengths=as_tensor(self.retrieve_lengths),
+            level_nodes=types.MappingProxyType(level_nodes),
+            level_parents=types.MappingProxyType(level_parents),
+            level_ranks=types.MappingProxyType(level_ranks),
+            level_parent_slots=types.MappingProxyType(level_parent_slots),
+            expand_parents=types.MappingProxyType(expand_parents),
+        )
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_json(self) -> dict:
+        """The tree as an `entmtp-tree/1` document (paths in canonical order)."""
+        return {
+            "format": TREE_FORMAT,
+            "name": self.name,
+            "paths": [list(path) for path in self.paths],
+            "metadata": _thaw_json(self.metadata),
+        }
+
+
+def _normalized_device(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    # "cuda" and "cuda:0" are the same place when 0 is current; key the cache by the explicit index.
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# --------------------------------------------------------------------------- #
+# Construction, loading, saving
+# --------------------------------------------------------------------------- #
+
+def tree_from_paths(name: str, paths: Sequence[Sequence[int]],
+                    metadata: Optional[Mapping[str, Any]] = None) -> Tree:
+    """Validate `paths` (any order) into a Tree."""
+    return Tree(name=name, paths=paths, metadata=dict(metadata or {}))
+
+
+def _tree_from_document(document: Any, where: str) -> Tree:
+    if not isinstance(document, dict):
+        raise EntmtpError(f"{where}: the top level must be a JSON object, not {type(document).__name__}")
+    unknown = sorted(set(document) - _DOCUMENT_KEYS)
+    if unknown:
+        raise EntmtpError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(_DOCUMENT_KEYS))}")
+    missing = [key for key in _REQUIRED_DOCUMENT_KEYS if key not in document]
+    if missing:
+        raise EntmtpError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+    if document["format"] != TREE_FORMAT:
+        raise EntmtpError(f"{where}: format is {document['format']!r}, expected {TREE_FORMAT!r}")
+    name = document["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise EntmtpError(f"{where}: 'name' must be a non-empty string, not {name!r}")
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise EntmtpError(f"{where}: 'metadata' must be an object, not {type(metadata).__name__}")
+    # Validate here too so that messages name the file rather than only the tree.
+    paths = _canonical_paths(document["paths"], where)
+    return Tree(name=name, paths=paths, metadata=metadata)
+
+
+def _read_tree_file(path: Path) -> Tree:
+    where = f"tree file {str(path)!r}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EntmtpError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise EntmtpError(f"{where} cannot be read: {error}") from None
+    return _tree_from_text(text, where)
+
+
+def _tree_from_text(text: str, where: str) -> Tree:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise EntmtpError(
+            f"{where} is not valid JSON: line {error.lineno} column {error.colno}: {error.msg}") from None
+    return _tree_from_document(document, where)
+
+
+def _shipped_tree_files() -> dict[str, Any]:
+    """Shipped tree name -> resource (a Traversable) in the entmtp.trees_data package."""
+    try:
+        folder = importlib.resources.files(SHIPPED_TREES_PACKAGE)
+    except ModuleNotFoundError:
+        raise EntmtpError(
+            f"the shipped trees package {SHIPPED_TREES_PACKAGE} is not installed; "
+            "reinstall entmtp (pip install --no-build-isolation -e .) or pass a path to a .json file"
+        ) from None
+    return {entry.name[:-len(".json")]: entry for entry in folder.iterdir()
+            if entry.name.endswith(".json") and entry.is_file()}
+
+
+def list_trees() -> list[str]:
+    """Names of the trees shipped with entmtp, sorted."""
+    return sorted(_shipped_tree_files())
+
+
+def load_tree(name_or_path: str | os.PathLike) -> Tree:
+    """Load a tree from a .json file path, or by the name of a shipped tree."""
+    text = os.fspath(name_or_path)
+    # A bare word is always a shipped name, so a stray file in the working directory cannot shadow one.
+    looks_like_path = (text.endswith(".json") or os.sep in text
+                       or (os.altsep is not None and os.altsep in text))
+    if looks_like_path:
+        return _read_tree_file(Path(text))
+    shipped = _shipped_tree_files()
+    if text not in shipped:
+        raise EntmtpError(
+            f"unknown tree {text!r}; shipped trees: {', '.join(sorted(shipped)) or '(none)'} "
+            "(or pass a path to a .json file)")
+    resource = shipped[text]
+    return _tree_from_text(resource.read_text(encoding="utf-8"), f"shipped tree file {resource.name!r}")
+
+
+def format_tree_document(document: Mapping[str, Any]) -> str:
+    """JSON text of a tree document with one path per line (json's indent would put every rank on its own)."""
+    lines = ["{"]
+    lines.append(f'  "format": {json.dumps(document["format"])},')
+    lines.append(f'  "name": {json.dumps(document["name"])},')
+    path_lines = [f"    {json.dumps(list(path), separators=(',', ':'))}" for path in document["paths"]]
+    lines.append('  "paths": [')
+    lines.append(",\n".join(path_lines))
+    lines.append("  ],")
+    metadata = json.dumps(_thaw_json(document.get("metadata", {})), indent=2, ensure_ascii=False)
+    lines.append('  "metadata": ' + metadata.replace("\n", "\n  "))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def save_tree(tree: Tree, path: str | os.PathLike) -> None:
+    """Write `tree` as an entmtp-tree/1 JSON file that `load_tree` reads back equal."""
+    Path(path).write_text(format_tree_document(tree.to_json()), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- #
+# Candidates
+# --------------------------------------------------------------------------- #
+
+def medusa_candidates(root_token: torch.Tensor, head_topk_ids: torch.Tensor,
+                      buffers: TreeBuffers) -> torch.Tensor:
+    """Token of every tree node, Medusa style (formats.md §1.5).
+
+    root_token: int64 [] or [1], the base model's next token.
+    head_topk_ids: int64 [n_heads, top_k], each head's top-k token ids (rank order).
+    Returns int64 [T]: node i's token. Pure gather; no host synchronisation.
+    """
+    if root_token.numel() != 1:
+        raise ValueError(f"root_token must hold one token, got shape {tuple(root_token.shape)}")
+    if head_topk_ids.dim() != 2 or head_topk_ids.shape[1] != buffers.top_k:
+        raise ValueError(
+            f"head_topk_ids must be [n_heads, {buffers.top_k}] for these buffers, "
+            f"got {tuple(head_topk_ids.shape)}")
+    if head_topk_ids.shape[0] < buffers.max_depth:
+        raise ValueError(
+            f"tree has depth {buffers.max_depth} but head_topk_ids has {head_topk_ids.shape[0]} heads")
+    # [1 + n_heads * top_k]: root, then head 0's top-k, head 1's top-k, ...
+    flat_candidates = torch.cat([root_token.reshape(1).to(head_topk_ids.dtype), head_topk_ids.reshape(-1)])
+    return flat_candidates[buffers.medusa_index]

@@ -1,0 +1,1 @@
+"""Tree JSON files shipped with entmtp (format entmtp-tree/1); load them with entmtp.trees.load_tree."""
