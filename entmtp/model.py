@@ -57,15 +57,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     multi-threaded path (measured 1.65x faster decode; reference/default-model.md
     §2.4). M = 1 is padded to 2 rows for the same reason. bf16 (oneDNN) is fine as is.
     """
-    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+    if (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         # torch's bf16 matmul is slow on CPUs without native bf16 dot products;
         # our kernel widens the weights to fp32 in registers (csrc/kernels/linear_bf16w.h).
+        # It has no backward, so training keeps torch's path.
         return torch.ops.entmtp.linear_bf16w(x, weight, bias)
     if x.dtype == torch.float32 and x.shape[0] <= 32:
         rows = x.shape[0]
         if rows == 1:
             x = x.expand(2, -1)
-        out = torch.mm(weight, x.t()).t()[:rows]
+        out = torch.mm(weight, x.t()).t()[:rows].contiguous()  # [M, N]; a small copy
         return out + bias if bias is not None else out
     return F.linear(x, weight, bias)
 

@@ -155,6 +155,7 @@ class TreeBuffers:
     retrieve: torch.Tensor           # [L, D+1] root-to-leaf node chains, padded with -1
     retrieve_valid: torch.Tensor     # [L, D+1] bool, False exactly on the padding
     retrieve_lengths: torch.Tensor   # [L] valid entries per row (leaf depth + 1)
+    path_nodes: torch.Tensor         # [T, D+1] node i's chain root..i, padded with -1
     # Hydra's level-by-level proposal (formats.md §2.3); keys are depths.
     # For depth d in 1..D (N_d nodes at depth d, E_{d-1} parents at depth d-1 with children):
     level_nodes: Mapping[int, torch.Tensor]         # d -> [N_d] nodes at depth d, ascending
@@ -195,6 +196,8 @@ class Tree:
     leaves: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)   # [L] ascending
     # [L][D+1] node chains root..leaf padded with -1; [L] valid lengths (leaf depth + 1).
     retrieve: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, compare=False, repr=False)
+    # [T][D+1] every node's chain root..node padded with -1 (retrieve = these rows at the leaves).
+    path_nodes: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, compare=False, repr=False)
     retrieve_lengths: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)
     _buffer_cache: dict = dataclasses.field(
         init=False, compare=False, repr=False, hash=False, default_factory=dict)
@@ -223,13 +226,14 @@ class Tree:
         for depth in depths:
             nodes_per_depth[depth] += 1
         leaves = tuple(node for node in range(n_nodes) if not children[node])
-        retrieve = []
-        for leaf in leaves:
-            chain = [leaf]
+        # Every node's chain root..node, padded with -1 to D+1 entries.
+        path_nodes = []
+        for node in range(n_nodes):
+            chain = [node]
             while parents[chain[-1]] != -1:
                 chain.append(parents[chain[-1]])
-            chain.reverse()
-            retrieve.append(tuple(chain) + (-1,) * (max_depth + 1 - len(chain)))
+            path_nodes.append(tuple(chain[::-1]) + (-1,) * (max_depth + 1 - len(chain)))
+        retrieve = [path_nodes[leaf] for leaf in leaves]
 
         set_field(self, "n_nodes", n_nodes)
         set_field(self, "parents", parents)
@@ -240,6 +244,7 @@ class Tree:
         set_field(self, "top_k_needed", max(ranks) + 1)
         set_field(self, "nodes_per_depth", tuple(nodes_per_depth))
         set_field(self, "leaves", leaves)
+        set_field(self, "path_nodes", tuple(path_nodes))
         set_field(self, "retrieve", tuple(retrieve))
         set_field(self, "retrieve_lengths", tuple(depths[leaf] + 1 for leaf in leaves))
 
@@ -309,6 +314,7 @@ class Tree:
             retrieve=as_tensor(self.retrieve),
             retrieve_valid=as_tensor(self.retrieve, torch.int64) >= 0,
             retrieve_lengths=as_tensor(self.retrieve_lengths),
+            path_nodes=as_tensor(self.path_nodes),
             level_nodes=types.MappingProxyType(level_nodes),
             level_parents=types.MappingProxyType(level_parents),
             level_ranks=types.MappingProxyType(level_ranks),

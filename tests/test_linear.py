@@ -5,7 +5,7 @@ import torch
 import entmtp.ops  # noqa: F401  (registers torch.ops.entmtp.*)
 from entmtp.reference import linear_bf16w_ref
 
-SHAPES = [(1, 576, 960), (2, 576, 577), (3, 1536, 576), (4, 64, 17), (7, 100, 33), (64, 576, 3072), (130, 72, 40)]
+SHAPES = [(300, 576, 64), (1, 576, 960), (2, 576, 577), (3, 1536, 576), (4, 64, 17), (7, 100, 33), (64, 576, 3072), (130, 72, 40)]
 
 
 @pytest.mark.parametrize("M,K,N", SHAPES)

@@ -30,11 +30,10 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& weight,
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "linear_bf16w: bias must be [N=", N, "]");
     bias_f = bias->to(at::kFloat).contiguous();
   }
-  // Activations are small next to the weights: widen them once here.
-  const at::Tensor x_f = x.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
-
+  // Activations are small next to the weights: widen them to fp32 once here.
+  const at::Tensor x_f = x.to(at::kFloat).contiguous();
   const float* xp = x_f.data_ptr<float>();
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const float* bp = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
@@ -42,28 +41,22 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& weight,
   void* op = out.data_ptr();
 
   auto run = [&](auto&& store) {
-#ifdef ENTMTP_LINEAR_AVX2
-    if (M >= 4) {
-      // Register-blocked panels: each weight panel is widened once for all rows.
-      const int64_t panels = (N + kernels::kPanel - 1) / kernels::kPanel;
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        std::vector<float> scratch(kernels::kPanel * K);
-        kernels::linear_bf16w_panels(xp, M, K, wp, bp, p0 * kernels::kPanel,
-                                     std::min(N, p1 * kernels::kPanel), scratch.data(), store);
+    std::vector<float> x_perm(M * K);
+    for (int64_t m = 0; m < M; ++m) kernels::permute_x_for_gemv(xp + m * K, K, x_perm.data() + m * K);
+    const int64_t blocks = (N + kernels::kRowBlock - 1) / kernels::kRowBlock;
+    // Long inputs (prefill) go in slices of rows that stay in L2 while all
+    // weight blocks stream past; each slice re-reads the weights once.
+    const int64_t slice = std::max<int64_t>(2, (128 * 1024 / 4) / K) & ~int64_t(1);
+    for (int64_t m0 = 0; m0 < M; m0 += slice) {
+      const int64_t rows = std::min(slice, M - m0);
+      // Chunks of at least ~64K multiply-adds so threading pays off.
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(kernels::kRowBlock * K * rows, 1));
+      at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+        kernels::gemv_rows(x_perm.data() + m0 * K, rows, K, wp, bp, b0 * kernels::kRowBlock,
+                           std::min(N, b1 * kernels::kRowBlock),
+                           [&](int64_t m, int64_t n, float v) { store(m0 + m, n, v); });
       });
-      return;
     }
-#endif
-    // Few rows: stream the bf16 weights once, widening in registers.
-    const int64_t blocks = (N + kernels::kLinearRowBlock - 1) / kernels::kLinearRowBlock;
-    // Aim for chunks of at least ~64K multiply-adds so threading pays off.
-    const int64_t per_block = kernels::kLinearRowBlock * K * M;
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(per_block, 1));
-    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<float> scratch(M > 2 ? kernels::kLinearRowBlock * K : 0);
-      kernels::linear_bf16w_rows(xp, M, K, wp, bp, b0 * kernels::kLinearRowBlock,
-                                 std::min(N, b1 * kernels::kLinearRowBlock), scratch.data(), store);
-    });
   };
   if (out_bf16) {
     uint16_t* y = static_cast<uint16_t*>(op);

@@ -1,0 +1,404 @@
+// CPU tree attention: softmax(q k^T * scale + mask) v over a committed prefix
+// plus T new tokens whose mutual visibility is a tree (or causal).
+//
+// Layout (element strides, last dim contiguous everywhere):
+//   q   [B, T, Hq, D]      strided (a slice of the fused qkv projection)
+//   k,v [B, Hkv, Lk, D]    strided (slices of the preallocated cache); the
+//                          first L = Lk - T keys are the prefix, visible to all
+//   out [B, T, Hq, D]      contiguous
+//   tree_bits [T, W]       bit n of row t set <=> new token t sees new token n;
+//                          null means causal among the new tokens.
+//
+// Work split: for one (batch, kv head) the query rows are the flattened pairs
+// r = t * G + g (G = Hq / Hkv query heads sharing that kv head), so one tile of
+// rows reads each K/V block once for all its queries and GQA heads. Tiles are
+// further split along the keys when there are too few of them to feed every
+// thread (decode: B * Hkv work items); the splits' partial softmax states are
+// merged afterwards (flash-decoding).
+//
+// Inside a tile, keys are streamed in blocks of kKeyBlock with an online
+// softmax in fp32. Scores are kept key-major, S[j][r], so the softmax runs
+// vectorised across rows. Decode-sized tiles (<= 4 rows) score by dot products
+// and accumulate P V row by row; larger tiles (tree verify, prefill) do both
+// products as register-blocked outer products (outer_microtile), which is
+// where the time goes. Torch-free: the launcher supplies threads and scratch.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_args.h"
+#include "kernels/simd.h"
+
+namespace entmtp {
+namespace kernels {
+
+constexpr int64_t kKeyBlock = 32;     // keys per streamed K/V block
+constexpr int64_t kMaxTileRows = 48;  // query rows (t, g) per tile; a multiple of 8
+constexpr int64_t kMinSplitKeys = 512;
+
+
+// How the work is cut: items = B * Hkv * tiles * splits, item-major in that order.
+struct AttnPlan {
+  int64_t G, rows, tile_rows, tiles, splits;
+  int64_t items() const { return rows == 0 ? 0 : splits * tiles; }
+};
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+template <typename Elem>
+AttnPlan plan_attention(const AttnArgs<Elem>& a, int64_t threads) {
+  AttnPlan p;
+  p.G = a.Hq / a.Hkv;
+  p.rows = a.T * p.G;
+  // Balanced tiles of at most kMaxTileRows rows.
+  const int64_t n_tiles = ceil_div(std::max<int64_t>(p.rows, 1), kMaxTileRows);
+  p.tile_rows = ceil_div(std::max<int64_t>(p.rows, 1), n_tiles);
+  p.tiles = n_tiles;
+  // Split the keys only when the (batch, head, tile) items cannot keep about
+  // 4 items per thread busy, and never below kMinSplitKeys keys per split.
+  const int64_t base = a.B * a.Hkv * p.tiles;
+  const int64_t want = ceil_div(4 * threads, std::max<int64_t>(base, 1));
+  p.splits = std::max<int64_t>(1, std::min(want, a.Lk / kMinSplitKeys));
+  return p;
+}
+
+// Scratch floats one worker needs (reused across its items).
+inline int64_t attention_scratch_floats(int64_t D) {
+  const int64_t rpad = round_up(kMaxTileRows, 16);
+  return D * rpad                // Q tile, either [R][D] or transposed [D][Rpad]
+         + kKeyBlock * rpad      // scores S[j][r]
+         + kMaxTileRows * D      // output accumulators, [R][D] or transposed [D][rpad]
+         + 2 * kKeyBlock * D     // K and V block widened to fp32
+         + 3 * rpad;             // m, l, alpha per row
+}
+
+// Partial state of one (item, row) after its key split: unnormalised O, m, l.
+inline int64_t attention_partial_floats(const AttnPlan& p, int64_t B, int64_t Hkv, int64_t D) {
+  return p.splits == 1 ? 0 : p.splits * B * Hkv * p.tiles * p.tile_rows * (D + 2);
+}
+
+namespace attn_detail {
+
+// Key/dim values per outer-product microtile: 4 x 3 vectors = 12 accumulators.
+constexpr int kOuterA = 4;
+
+// View of a block of fp32 rows: either the cache itself (fp32 input) or the
+// widened scratch copy.
+struct Rows {
+  const float* base;
+  int64_t stride;
+  const float* operator[](int64_t j) const { return base + j * stride; }
+};
+
+template <typename Elem>
+Rows widen_block(const Elem* src, int64_t stride, int64_t n, int64_t D, float* scratch) {
+  if (std::is_same<Elem, float>::value) return Rows{reinterpret_cast<const float*>(src), stride};
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; d += kLanes) store8(scratch + j * D + d, load8(src + j * stride + d));
+  return Rows{scratch, D};
+}
+
+// Decode-sized tiles (R <= 4 rows): S[j][r] = dot(q_r, k_j) with the K row
+// widened in registers once and used for all R rows.
+template <int R, typename Elem>
+void scores_dot(const float* Q, const Elem* k, int64_t k_sl, int64_t nk, int64_t D, float* S,
+                int64_t rpad) {
+  for (int64_t j = 0; j < nk; ++j) {
+    const Elem* kr = k + j * k_sl;
+    vf8 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = splat(0.f);
+    for (int64_t d = 0; d < D; d += kLanes) {
+      const vf8 kv = load8(kr + d);
+      for (int r = 0; r < R; ++r) acc[r] += load8(Q + r * D + d) * kv;
+    }
+    for (int r = 0; r < R; ++r) S[j * rpad + r] = hsum(acc[r]);
+  }
+}
+
+// Outer-product accumulation, the workhorse of larger tiles:
+//   C[a][r] = init + sum_x A(a, x) * B[x][r],  A(a, x) = A[a * sa + x * sx],
+// for NA values of a and 8 * NV rows r at once; init is 0 (scale == nullptr)
+// or C[a][r] * scale[r]. The NA x NV = 12 accumulators cover the FMA latency
+// and stay in registers across the whole x loop. Used as
+//   scores: S[j][r]   = sum_d K[j][d] * Qt[d][r]            (A = K rows)
+//   values: Ot[d][r]  = Ot[d][r] * alpha[r] + sum_j V[j][d] * P[j][r]
+template <int NA, int NV, bool kUnitX>
+void outer_microtile(const float* A, int64_t sa, int64_t sx, int64_t a0, const float* B, int64_t ldb,
+                     int64_t nx, int64_t r0, const float* scale, float* C, int64_t ldc) {
+  if (kUnitX) sx = 1;  // lets the compiler drop the x-stride multiply
+  vf8 acc[NA][NV];
+  for (int a = 0; a < NA; ++a)
+    for (int v = 0; v < NV; ++v)
+      acc[a][v] = scale ? load8(C + (a0 + a) * ldc + r0 + v * kLanes) * load8(scale + r0 + v * kLanes)
+                        : splat(0.f);
+  const float* arow = A + a0 * sa;
+  for (int64_t x = 0; x < nx; ++x) {
+    vf8 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load8(B + x * ldb + r0 + v * kLanes);
+    for (int a = 0; a < NA; ++a) {
+      const vf8 ax = splat(arow[a * sa + x * sx]);
+      for (int v = 0; v < NV; ++v) acc[a][v] += ax * bv[v];
+    }
+  }
+  for (int a = 0; a < NA; ++a)
+    for (int v = 0; v < NV; ++v) store8(C + (a0 + a) * ldc + r0 + v * kLanes, acc[a][v]);
+}
+
+template <int NV, bool kUnitX>
+void outer_rows(const float* A, int64_t sa, int64_t sx, int64_t na, const float* B, int64_t ldb,
+                int64_t nx, int64_t r0, const float* scale, float* C, int64_t ldc) {
+  int64_t a = 0;
+  for (; a + kOuterA <= na; a += kOuterA)
+    outer_microtile<kOuterA, NV, kUnitX>(A, sa, sx, a, B, ldb, nx, r0, scale, C, ldc);
+  for (; a < na; ++a) outer_microtile<1, NV, kUnitX>(A, sa, sx, a, B, ldb, nx, r0, scale, C, ldc);
+}
+
+// C [na][rpad] over all rpad (a multiple of 8) rows, in groups of 24/16/8.
+template <bool kUnitX>
+void outer_product(const float* A, int64_t sa, int64_t sx, int64_t na, const float* B,
+                   int64_t nx, int64_t rpad, const float* scale, float* C) {
+  int64_t r = 0;
+  for (; r + 24 <= rpad; r += 24) outer_rows<3, kUnitX>(A, sa, sx, na, B, rpad, nx, r, scale, C, rpad);
+  if (r + 16 <= rpad) {
+    outer_rows<2, kUnitX>(A, sa, sx, na, B, rpad, nx, r, scale, C, rpad);
+    r += 16;
+  }
+  if (r < rpad) outer_rows<1, kUnitX>(A, sa, sx, na, B, rpad, nx, r, scale, C, rpad);
+}
+
+// O[r][d..d+8*NV) = O * alpha[r] + sum_j P[j][r] V[j][d..] for NR rows at once.
+template <int NR, int NV>
+void pv_microtile(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t r0,
+                  const float* alpha, int64_t d0, int64_t D, float* O) {
+  vf8 acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load8(O + (r0 + r) * D + d0 + v * kLanes) * alpha[r0 + r];
+  for (int64_t j = 0; j < nk; ++j) {
+    vf8 vv[NV];
+    for (int v = 0; v < NV; ++v) vv[v] = load8(V[j] + d0 + v * kLanes);
+    for (int r = 0; r < NR; ++r) {
+      const vf8 p = splat(P[j * rpad + r0 + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += p * vv[v];
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) store8(O + (r0 + r) * D + d0 + v * kLanes, acc[r][v]);
+}
+
+template <int NR>
+void pv_rows(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t r0,
+             const float* alpha, int64_t D, float* O) {
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) pv_microtile<NR, 4>(V, nk, P, rpad, r0, alpha, d, D, O);
+  for (; d < D; d += 8) pv_microtile<NR, 1>(V, nk, P, rpad, r0, alpha, d, D, O);
+}
+
+inline void pv_update(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t R,
+                      const float* alpha, int64_t D, float* O) {
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pv_rows<2>(V, nk, P, rpad, r, alpha, D, O);
+  if (r < R) pv_rows<1>(V, nk, P, rpad, r, alpha, D, O);
+}
+
+// Online-softmax step for one key block, vectorised over rows: turns scores
+// S[j][r] into probabilities in place relative to the new running max, and
+// updates m, l and the rescale factor alpha for the old accumulators.
+inline void softmax_block(float* S, int64_t nk, int64_t rpad, float* m, float* l, float* alpha) {
+  for (int64_t r = 0; r < rpad; r += kLanes) {
+    vf8 mb = splat(kNegInf);
+    for (int64_t j = 0; j < nk; ++j) mb = vmax(mb, load8(S + j * rpad + r));
+    const vf8 m_old = load8(m + r);
+    const vf8 m_new = vmax(m_old, mb);
+    // A row that has seen only masked keys keeps m = -inf; use 0 as its base
+    // so that exp(-inf - base) = 0 instead of NaN.
+    const vf8 base = select(m_new == kNegInf, splat(0.f), m_new);
+    vf8 sum = splat(0.f);
+    for (int64_t j = 0; j < nk; ++j) {
+      const vf8 p = exp8(load8(S + j * rpad + r) - base);
+      store8(S + j * rpad + r, p);
+      sum += p;
+    }
+    const vf8 a = exp8(m_old - base);
+    store8(alpha + r, a);
+    store8(l + r, load8(l + r) * a + sum);
+    store8(m + r, m_new);
+  }
+}
+
+inline bool tree_visible(const uint64_t* bits, int64_t words, int64_t t, int64_t n) {
+  if (bits == nullptr) return n <= t;
+  return (bits[t * words + (n >> 6)] >> (n & 63)) & 1u;
+}
+
+}  // namespace attn_detail
+
+// Unnormalised result of one tile: row i, dim d of the output accumulators is
+// O[i * sr + d * sd] (row-major on the dot path, [D][rpad] on the tiled path).
+struct TileAcc {
+  const float* O;
+  int64_t sr, sd;
+  const float* m;
+  const float* l;
+};
+
+// One work item: rows [r0, r1) of (b, hkv) against its key split. The
+// accumulators live in `scratch` (attention_scratch_floats(D) floats).
+template <typename Elem>
+TileAcc attention_tile(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t b, int64_t hkv, int64_t r0,
+                       int64_t r1, int64_t split, float* scratch) {
+  using namespace attn_detail;
+  const int64_t D = a.D, G = p.G, R = r1 - r0;
+  const int64_t L = a.Lk - a.T;
+  const int64_t rpad = round_up(R, kLanes);
+  // Decode-sized tiles take dot products and row-wise PV (little to gain
+  // from outer products over <= 4 rows); larger ones the outer products.
+  const bool dot_path = R <= 4;
+  const int64_t rmax = round_up(kMaxTileRows, 16);
+  float* Q = scratch;
+  float* S = Q + D * rmax;
+  float* O = S + kKeyBlock * rmax;
+  float* Kf = O + kMaxTileRows * D;
+  float* Vf = Kf + kKeyBlock * D;
+  float* m = Vf + kKeyBlock * D;
+  float* l = m + rmax;
+  float* alpha = l + rmax;
+
+  // Q tile, pre-scaled: rows [R][D] for the dot path, transposed [D][rpad]
+  // (zero padded) for the tiled path. O has the same layout.
+  if (!dot_path) std::fill(Q, Q + D * rpad, 0.f);
+  for (int64_t i = 0; i < R; ++i) {
+    const int64_t r = r0 + i, t = r / G, h = hkv * G + r % G;
+    const Elem* qr = a.q + b * a.q_sb + t * a.q_st + h * a.q_sh;
+    for (int64_t d = 0; d < D; ++d) {
+      const float x = to_float(qr[d]) * a.scale;
+      if (dot_path) Q[i * D + d] = x; else Q[d * rpad + i] = x;
+    }
+  }
+  std::fill(S, S + kKeyBlock * rpad, 0.f);
+  std::fill(O, O + rpad * D, 0.f);
+  std::fill(m, m + rpad, kNegInf);
+  std::fill(l, l + rpad, 0.f);
+
+  // Keys this tile can see: the prefix plus new tokens up to its last query
+  // (tree ancestors always precede a node), cut to this item's split.
+  const int64_t t_last = (r1 - 1) / G;
+  const int64_t key_limit = L + t_last + 1;
+  const int64_t per_split = round_up(ceil_div(a.Lk, p.splits), kKeyBlock);
+  const int64_t k_begin = split * per_split;
+  const int64_t k_end = std::min(key_limit, k_begin + per_split);
+  const Elem* kbase = a.k + b * a.k_sb + hkv * a.k_sh;
+  const Elem* vbase = a.v + b * a.v_sb + hkv * a.v_sh;
+
+  for (int64_t kb = k_begin; kb < k_end; kb += kKeyBlock) {
+    const int64_t nk = std::min(kKeyBlock, k_end - kb);
+    if (dot_path) {
+      switch (R) {
+        case 1: scores_dot<1>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
+        case 2: scores_dot<2>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
+        case 3: scores_dot<3>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
+        default: scores_dot<4>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
+      }
+    } else {
+      const Rows K = widen_block(kbase + kb * a.k_sl, a.k_sl, nk, D, Kf);
+      outer_product<true>(K.base, K.stride, 1, nk, Q, D, rpad, nullptr, S);  // S[j][r]
+    }
+    // Mask the new-token keys a row may not see (the prefix is always visible).
+    if (kb + nk > L) {
+      for (int64_t j = std::max<int64_t>(0, L - kb); j < nk; ++j) {
+        const int64_t n = kb + j - L;
+        for (int64_t i = 0; i < R; ++i)
+          if (!tree_visible(a.tree_bits, a.words, (r0 + i) / G, n)) S[j * rpad + i] = kNegInf;
+      }
+    }
+    softmax_block(S, nk, rpad, m, l, alpha);
+    const Rows V = widen_block(vbase + kb * a.v_sl, a.v_sl, nk, D, Vf);
+    if (dot_path) pv_update(V, nk, S, rpad, R, alpha, D, O);
+    else outer_product<false>(V.base, 1, V.stride, D, S, nk, rpad, alpha, O);  // Ot[d][r]
+  }
+  return TileAcc{O, dot_path ? D : 1, dot_path ? 1 : rpad, m, l};
+}
+
+// out[b, t, h, :] = o * inv, with o's elements `sd` floats apart.
+template <typename Elem>
+void store_row(const AttnArgs<Elem>& a, int64_t b, int64_t t, int64_t h, const float* o, int64_t sd,
+               float inv) {
+  Elem* dst = a.out + ((b * a.T + t) * a.Hq + h) * a.D;
+  for (int64_t d = 0; d < a.D; ++d) dst[d] = from_float<Elem>(o[d * sd] * inv);
+}
+
+// Item index -> (b, hkv, tile, split), item-major order of AttnPlan::items().
+struct AttnItem {
+  int64_t b, hkv, r0, r1, split;
+};
+inline AttnItem attention_item(const AttnPlan& p, int64_t Hkv, int64_t item) {
+  AttnItem it;
+  it.split = item % p.splits;
+  int64_t rest = item / p.splits;
+  const int64_t tile = rest % p.tiles;
+  rest /= p.tiles;
+  it.hkv = rest % Hkv;
+  it.b = rest / Hkv;
+  it.r0 = tile * p.tile_rows;
+  it.r1 = std::min(p.rows, it.r0 + p.tile_rows);
+  return it;
+}
+
+// Runs one item. With a single split the result is normalised and written to
+// out; otherwise O, m, l go to `partial` (slot = item, tile_rows x (D + 2)).
+template <typename Elem>
+void attention_run_item(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t item, float* scratch,
+                        float* partial) {
+  const AttnItem it = attention_item(p, a.Hkv, item);
+  if (it.r0 >= it.r1) return;
+  const TileAcc acc = attention_tile(a, p, it.b, it.hkv, it.r0, it.r1, it.split, scratch);
+  const int64_t R = it.r1 - it.r0, D = a.D;
+  if (p.splits == 1) {
+    for (int64_t i = 0; i < R; ++i) {
+      const int64_t r = it.r0 + i;
+      // A row with no visible key has l = 0: defined to output zeros.
+      const float inv = acc.l[i] > 0.f ? 1.f / acc.l[i] : 0.f;
+      store_row(a, it.b, r / p.G, it.hkv * p.G + r % p.G, acc.O + i * acc.sr, acc.sd, inv);
+    }
+    return;
+  }
+  float* slot = partial + item * p.tile_rows * (D + 2);
+  for (int64_t i = 0; i < R; ++i) {
+    float* row = slot + i * (D + 2);
+    for (int64_t d = 0; d < D; ++d) row[d] = acc.O[i * acc.sr + d * acc.sd];
+    row[D] = acc.m[i];
+    row[D + 1] = acc.l[i];
+  }
+}
+
+// Merges the splits of one (b, hkv, tile) = `group` (item / splits) and writes
+// its rows. tmp: D floats.
+template <typename Elem>
+void attention_combine(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t group,
+                       const float* partial, float* tmp) {
+  const AttnItem it = attention_item(p, a.Hkv, group * p.splits);
+  const int64_t D = a.D, stride = p.tile_rows * (D + 2);
+  const float* first = partial + group * p.splits * stride;
+  for (int64_t i = 0; i < it.r1 - it.r0; ++i) {
+    float M = kNegInf;
+    for (int64_t s = 0; s < p.splits; ++s) M = std::max(M, first[s * stride + i * (D + 2) + D]);
+    std::fill(tmp, tmp + D, 0.f);
+    float lsum = 0.f;
+    if (M != kNegInf) {
+      for (int64_t s = 0; s < p.splits; ++s) {
+        const float* row = first + s * stride + i * (D + 2);
+        if (row[D] == kNegInf) continue;
+        const float w = std::exp(row[D] - M);
+        lsum += w * row[D + 1];
+        for (int64_t d = 0; d < D; ++d) tmp[d] += w * row[d];
+      }
+    }
+    const int64_t r = it.r0 + i;
+    store_row(a, it.b, r / p.G, it.hkv * p.G + r % p.G, tmp, 1, lsum > 0.f ? 1.f / lsum : 0.f);
+  }
+}
+
+}  // namespace kernels
+}  // namespace entmtp

@@ -1,0 +1,29 @@
+// The entmtp op schemas (registered once, here, for every device) and the
+// extension module's init.
+//
+// No pybind11: `import entmtp._C` only needs to load this library so the static
+// TORCH_LIBRARY registrations below run; the ops are then reached through
+// torch.ops.entmtp.* (dispatcher ops trace under torch.compile(fullgraph=True)).
+// CPU kernels: csrc/cpu/*.cpp; CUDA kernels: csrc/cuda/*.cu.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(entmtp, m) {
+  // q [B, T, Hq, D], k/v [B, Hkv, L + T, D], tree_bits int64 [T, ceil(T/64)] or
+  // None (causal) -> [B, T, Hq, D]. See entmtp/reference.py:tree_attention_ref.
+  m.def("tree_attention(Tensor q, Tensor k, Tensor v, Tensor? tree_bits, float scale) -> Tensor");
+  // logits [N, V] -> entropy f32 [N], argmax i64 [N], max_prob f32 [N],
+  // topk_ids i64 [N, k], topk_probs f32 [N, k].
+  m.def("token_entropy(Tensor logits, int k=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // [T] node arrays -> path i64 [max_depth + 1], accept_len i64 [], bonus i64 [].
+  m.def(
+      "tree_accept(Tensor node_tokens, Tensor parents, Tensor target_ids, int max_depth, "
+      "Tensor? draft_probs=None, Tensor? entropy=None, float epsilon=0.09, float alpha=0.3) "
+      "-> (Tensor, Tensor, Tensor)");
+  // In place on kv [n_layers, 2, B, Hkv, S_max, D].
+  m.def("kv_commit(Tensor(a!) kv, Tensor src_slots, int dst_start) -> ()");
+}
+
+static struct PyModuleDef entmtp_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&entmtp_module); }

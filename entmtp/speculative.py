@@ -1,0 +1,245 @@
+"""Self-speculative decoding with Medusa or Hydra heads over a draft tree.
+
+Each step reads as five named steps:
+  propose  the heads draft a token for every tree node, from the hidden state of
+           the last accepted position (heads never run at other tree nodes);
+  verify   one forward of the whole tree through the tree-attention op;
+  accept   the longest path the base model agrees with (greedy: token equality
+           with the base argmax; typical: Medusa's entropy-adaptive threshold,
+           approximate; sampling: recursive rejection, distribution-preserving);
+  commit   the accepted nodes' K/V move to contiguous cache slots (kv_commit).
+Prefill runs once before the first step.
+
+Node 0 of the tree is the root: the token the base model already chose, not yet
+in the cache. A step emits the accepted drafted tokens plus one bonus token from
+the base model, which becomes the next step's root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional
+
+import torch
+
+from . import ops
+from .errors import UsageError
+from .generate import (GenerationResult, SamplingConfig, StepRecord, TokenCallback,
+                       check_prompt_fits, pick_token)
+from .heads import HydraHeads, MedusaHeads
+from .model import KVCache, LlamaModel
+from .trees import Tree, TreeBuffers, medusa_candidates
+
+VERIFY_MODES = ("greedy", "typical", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+    """How drafted tokens are accepted.
+
+    greedy: exact (the output equals plain greedy decoding);
+    typical: Medusa's typical acceptance, p(x) > min(epsilon, alpha * exp(-H)) at
+      temperature T: APPROXIMATE, it does not preserve the base distribution;
+    sample: exact sampling at temperature T > 0 by recursive rejection over siblings.
+    """
+
+    mode: str = "greedy"
+    temperature: float = 0.0
+    epsilon: float = 0.09
+    alpha: float = 0.3
+
+    def __post_init__(self):
+        if self.mode not in VERIFY_MODES:
+            raise UsageError(f"verification mode must be one of {', '.join(VERIFY_MODES)}, not {self.mode!r}")
+        if self.mode != "greedy" and self.temperature <= 0:
+            raise UsageError(f"{self.mode} verification needs --temperature > 0")
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    path: list[int]           # accepted node indices, root first
+    bonus: torch.Tensor       # [] the base model's next token after the path
+
+
+class SpeculativeDecoder:
+    def __init__(self, model: LlamaModel, heads: MedusaHeads | HydraHeads, tree: Tree,
+                 verify: VerifyConfig = VerifyConfig(), top_k: int = 10, method: Optional[str] = None):
+        tree.check_compatible(heads.n_heads, top_k)
+        self.model = model
+        self.heads = heads.to(device=model.device, dtype=model.dtype).eval()
+        self.verify_config = verify
+        self.top_k = top_k
+        self.method = method or heads.kind
+        self._cache: Optional[KVCache] = None
+        self.set_tree(tree)
+
+    def set_tree(self, tree: Tree) -> None:
+        """Switch trees: a pointer swap to buffers built once per tree and device."""
+        self.tree = tree
+        self.buffers: TreeBuffers = tree.buffers(self.model.device, self.top_k)
+
+    # ------------------------------------------------------------------ steps
+    def prefill(self, cache: KVCache, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt [1, P] -> (logits [V] and hidden [H] at the last prompt position)."""
+        positions = torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0)
+        hidden, logits = self.model(prompt, positions, cache, 0, logits_rows=slice(-1, None))
+        return logits[0, -1], hidden[0, -1]
+
+    @torch.inference_mode()
+    def propose(self, root: torch.Tensor, hidden_last: torch.Tensor) -> torch.Tensor:
+        """Draft a token for every node: int64 [T], node 0 = root."""
+        model, buffers = self.model, self.buffers
+        if isinstance(self.heads, MedusaHeads):
+            # Head i's top-k at the last accepted position fills every node of depth i+1.
+            head_ids, _ = self.heads.propose(hidden_last, model.lm_head, self.top_k)
+            return medusa_candidates(root, head_ids, buffers)
+        # Hydra: level by level, each head reading the tokens on its path so far.
+        tokens = torch.empty(buffers.n_nodes, dtype=torch.long, device=model.device)
+        tokens[0] = root
+        for depth in range(1, buffers.max_depth + 1):
+            parents = buffers.expand_parents[depth - 1]                 # [E]
+            path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
+            child_ids, _ = self.heads.propose_level(hidden_last, path_ids, model.embed,
+                                                    model.lm_head, self.top_k)  # [E, top_k]
+            tokens[buffers.level_nodes[depth]] = child_ids[buffers.level_parent_slots[depth],
+                                                           buffers.level_ranks[depth]]
+        return tokens
+
+    def verify(self, cache: KVCache, cache_len: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of the tree -> (logits [T, V], hidden [T, H])."""
+        buffers = self.buffers
+        positions = (buffers.depths + cache_len).unsqueeze(0)
+        hidden, logits = self.model(tokens.unsqueeze(0), positions, cache, cache_len,
+                                    tree_bits=buffers.tree_bits)
+        return logits[0], hidden[0]
+
+    def accept(self, tokens: torch.Tensor, logits: torch.Tensor, base_argmax: torch.Tensor,
+               generator: Optional[torch.Generator]) -> StepOutcome:
+        """tokens [T] drafted; logits [T, V] and base_argmax [T] from the verify forward."""
+        mode = self.verify_config.mode
+        if mode == "sample":
+            return self._accept_by_rejection(tokens, logits, generator)
+        buffers = self.buffers
+        if mode == "greedy":
+            path, length, bonus = ops.tree_accept(tokens, buffers.parents, base_argmax, buffers.max_depth)
+        else:
+            cfg = self.verify_config
+            scaled = logits.float() / cfg.temperature                            # [T, V]
+            entropy = ops.token_entropy(scaled)[0]                               # [T] nats
+            parent_rows = scaled[buffers.parents.clamp(min=0)]                   # [T, V]
+            drafted_prob = torch.softmax(parent_rows, -1).gather(1, tokens[:, None])[:, 0]
+            path, length, _ = ops.tree_accept(tokens, buffers.parents, base_argmax, buffers.max_depth,
+                                              draft_probs=drafted_prob, entropy=entropy,
+                                              epsilon=cfg.epsilon, alpha=cfg.alpha)
+            bonus = None
+        n = int(length) + 1  # the one host sync of the step
+        path_list = path[:n].tolist()
+        if bonus is None:
+            last = path_list[-1]
+            bonus = pick_token(logits[last], SamplingConfig(self.verify_config.temperature), generator)
+        return StepOutcome(path_list, bonus)
+
+    def _accept_by_rejection(self, tokens, logits, generator) -> StepOutcome:
+        """Walk down from the root; at each node try its children in rank order.
+
+        Child x is accepted with probability p(x) / (mass left), else p(x) is
+        removed from the residual; if every child is rejected the bonus is drawn
+        from the residual. Each drafted token is a point mass, so this samples
+        exactly from the base distribution p at every position.
+        """
+        temperature = self.verify_config.temperature
+        children = self.tree.children
+        token_list = tokens.tolist()
+        node, path = 0, [0]
+        while True:
+            probs = torch.softmax(logits[node].float() / temperature, dim=-1)
+            chosen = None
+            for child in children[node]:
+                x = token_list[child]
+                mass = probs.sum()
+                if mass <= 0:
+                    break
+                u = torch.rand((), generator=generator, device=probs.device)
+                if u * mass < probs[x]:
+                    chosen = child
+                    break
+                probs[x] = 0.0
+            if chosen is None:
+                bonus = torch.multinomial(probs / probs.sum(), 1, generator=generator)[0]
+                return StepOutcome(path, bonus)
+            node = chosen
+            path.append(node)
+
+    def commit(self, cache: KVCache, cache_len: int, path: list[int]) -> int:
+        """Move the accepted nodes' K/V to slots cache_len.. ; return the new length."""
+        if len(path) > 1:
+            src = torch.tensor(path, dtype=torch.long) + cache_len
+            ops.kv_commit(cache.kv, src.to(cache.kv.device), cache_len)
+        return cache_len + len(path)
+
+    # --------------------------------------------------------------- the loop
+    def _cache_for(self, needed: int) -> KVCache:
+        if self._cache is None or self._cache.capacity < needed:
+            self._cache = self.model.new_cache(batch=1, capacity=needed)
+        return self._cache
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: tuple[int, ...],
+                 sampling: SamplingConfig = SamplingConfig(),
+                 on_tokens: Optional[TokenCallback] = None) -> GenerationResult:
+        model = self.model
+        context = check_prompt_fits(model, len(prompt_ids))
+        # Leave room for a whole tree after the last committed token.
+        budget = min(max_new_tokens, context - len(prompt_ids) - self.buffers.n_nodes)
+        if budget <= 0:
+            budget = min(max_new_tokens, context - len(prompt_ids))
+        cache = self._cache_for(min(context, len(prompt_ids) + budget + self.buffers.n_nodes))
+        generator = sampling.generator(model.device)
+        eos = set(eos_ids)
+        out: list[int] = []
+        records: list[StepRecord] = []
+
+        def emit(new_ids: list[int]) -> bool:
+            """Append tokens up to EOS or the budget; True when generation is over."""
+            for index, token_id in enumerate(new_ids):
+                if token_id in eos or len(out) + index + 1 >= budget:
+                    out.extend(new_ids[:index + 1])
+                    if on_tokens is not None:
+                        on_tokens(new_ids[:index + 1])
+                    return True
+            out.extend(new_ids)
+            if on_tokens is not None:
+                on_tokens(new_ids)
+            return False
+
+        start = time.perf_counter()
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+        with torch.inference_mode():
+            logits, hidden_last = self.prefill(cache, prompt)
+            root = pick_token(logits, sampling, generator)
+        prefill_seconds = time.perf_counter() - start
+        cache_len = len(prompt_ids)
+        done = emit([int(root)])
+        steps = 1
+        stop = "max_new_tokens"
+        while not done and cache_len + self.buffers.n_nodes <= cache.capacity:
+            step_start = time.perf_counter()
+            with torch.inference_mode():
+                tokens = self.propose(root, hidden_last)
+                logits, hidden = self.verify(cache, cache_len, tokens)
+                # One fused pass over the logits: per-node entropy and argmax.
+                entropy, base_argmax = ops.token_entropy(logits)[:2]
+                outcome = self.accept(tokens, logits, base_argmax, generator)
+                cache_len = self.commit(cache, cache_len, outcome.path)
+            drafted = tokens[outcome.path[1:]].tolist() if len(outcome.path) > 1 else []
+            done = emit(drafted + [int(outcome.bonus)])
+            root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
+            steps += 1
+            records.append(StepRecord(len(outcome.path) - 1, self.tree.name, float(entropy[0]),
+                                      time.perf_counter() - step_start))
+        if out and out[-1] in eos:
+            stop = "eos"
+        elif not done:
+            stop = "context"
+        seconds = time.perf_counter() - start
+        return GenerationResult(len(prompt_ids), out, steps, seconds, prefill_seconds, self.method,
+                                stop, records)
