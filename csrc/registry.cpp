@@ -22,6 +22,17 @@ TORCH_LIBRARY(entmtp, m) {
       "-> (Tensor, Tensor, Tensor)");
   // In place on kv [n_layers, 2, B, Hkv, S_max, D].
   m.def("kv_commit(Tensor(a!) kv, Tensor src_slots, int dst_start) -> ()");
+  // x [M, K] bf16/fp32, weight [N, K] bf16, bias [N] -> [M, N] in x's dtype;
+  // fp32 math (CPU only: CUDA uses cuBLAS through F.linear).
+  m.def("linear_bf16w(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  // Fused element-wise pieces of a decoder layer (CPU only; on CUDA the model
+  // runs their torch composites in entmtp/reference.py).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int n_q_heads, int n_kv_heads, "
+      "Tensor(a!) k_cache, Tensor(b!) v_cache, int start) -> Tensor");
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
 }
 
 static struct PyModuleDef entmtp_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import ops, reference
 from .config import ModelConfig, rope_inverse_frequencies
 
 
@@ -72,11 +72,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return F.linear(x, weight, bias)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Variance in fp32 as Llama's reference does, then back to the working dtype.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+class LayerOps:
+    """The element-wise pieces of a layer, fused into one op each.
+
+    On CPU they are the extension's kernels (a decode step is dominated by
+    per-op overhead otherwise: ~45 small torch ops per layer); elsewhere the
+    torch composites of entmtp.reference, which are also the kernels' spec.
+    """
+
+    def __init__(self, device: torch.device):
+        if device.type == "cpu":
+            e = torch.ops.entmtp
+            self.rms_norm, self.add_rms_norm = e.rms_norm, e.add_rms_norm
+            self.rotary_qkv, self.silu_mul = e.rotary_qkv, e.silu_mul
+        else:
+            self.rms_norm, self.add_rms_norm = reference.rms_norm_ref, reference.add_rms_norm_ref
+            self.rotary_qkv, self.silu_mul = reference.rotary_qkv_ref, reference.silu_mul_ref
 
 
 class LlamaModel:
@@ -92,6 +103,7 @@ class LlamaModel:
         inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)
         self._inv_freq = inv_freq  # [D/2]
         self._rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.layer_ops = LayerOps(self.device)
         self._ensure_rope(min(config.max_position_embeddings, 4096))
 
     # -- RoPE -----------------------------------------------------------------
@@ -104,12 +116,6 @@ class LlamaModel:
         angles = torch.cat([angles, angles], dim=-1).float()  # [P, D]
         self._rope_cache = (angles.cos().to(self.device, self.dtype),
                             angles.sin().to(self.device, self.dtype))
-
-    def _apply_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [B, T, heads, D]; cos/sin [B, T, 1, D]
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
 
     # -- forward --------------------------------------------------------------
     def new_cache(self, batch: int = 1, capacity: Optional[int] = None) -> KVCache:
@@ -143,32 +149,28 @@ class LlamaModel:
         if cfg.sliding_window is not None and end > cfg.sliding_window:
             raise ValueError(f"sequence of {end} tokens exceeds the sliding window {cfg.sliding_window}")
         n_q, n_kv, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q_width, kv_width = n_q * head_dim, n_kv * head_dim
+        rows, eps, fused = batch * n_new, cfg.rms_norm_eps, self.layer_ops
         scale = 1.0 / math.sqrt(head_dim)
         cos_table, sin_table = self._rope_cache
-        cos = cos_table[position_ids].unsqueeze(2)  # [B, T, 1, D]
-        sin = sin_table[position_ids].unsqueeze(2)
+        flat_positions = position_ids.reshape(rows)
+        cos, sin = cos_table[flat_positions], sin_table[flat_positions]  # [B T, D]
 
-        x = self.embed[input_ids].reshape(batch * n_new, cfg.hidden_size)  # [B T, H]
+        x = self.embed[input_ids].reshape(rows, cfg.hidden_size)  # residual stream [B T, H]
+        h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
         for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
-            qkv = linear(h, layer.qkv, layer.qkv_bias).view(batch, n_new, -1)
-            q = qkv[..., :q_width].view(batch, n_new, n_q, head_dim)
-            k = qkv[..., q_width:q_width + kv_width].view(batch, n_new, n_kv, head_dim)
-            v = qkv[..., q_width + kv_width:].view(batch, n_new, n_kv, head_dim)
-            q = self._apply_rope(q, cos, sin)
-            k = self._apply_rope(k, cos, sin)
-            # New K/V go right after the committed prefix: [B, Hkv, T, D] slots.
-            kv[index, 0, :, :, cache_len:end] = k.transpose(1, 2)
-            kv[index, 1, :, :, cache_len:end] = v.transpose(1, 2)
-            attn = ops.tree_attention(q, kv[index, 0, :, :, :end], kv[index, 1, :, :, :end],
-                                      tree_bits, scale)  # [B, T, Hq, D]
-            x = x + linear(attn.view(batch * n_new, q_width), layer.o)
-            h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
-            gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate) * up, layer.down)
-        hidden = rms_norm(x, self.final_norm, cfg.rms_norm_eps).view(batch, n_new, -1)
+            qkv = linear(h, layer.qkv, layer.qkv_bias)                    # [B T, (Hq + 2 Hkv) D]
+            # RoPE on q and k; k and v land in cache slots [cache_len, end).
+            q = fused.rotary_qkv(qkv, cos, sin, n_q, n_kv, kv[index, 0], kv[index, 1], cache_len)
+            attn = ops.tree_attention(q.view(batch, n_new, n_q, head_dim), kv[index, 0, :, :, :end],
+                                      kv[index, 1, :, :, :end], tree_bits, scale)  # [B, T, Hq, D]
+            h, x = fused.add_rms_norm(linear(attn.view(rows, n_q * head_dim), layer.o), x,
+                                      layer.post_norm, eps)
+            mlp = linear(fused.silu_mul(linear(h, layer.gate_up)), layer.down)
+            # The next layer's input norm (or the final norm) fused with this residual add.
+            next_norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.final_norm
+            h, x = fused.add_rms_norm(mlp, x, next_norm, eps)
+        hidden = h.view(batch, n_new, -1)
         if logits_rows is None:
             rows = hidden
         else:

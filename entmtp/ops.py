@@ -55,6 +55,26 @@ def _kv_commit_fake(kv, src_slots, dst_start):
     return None
 
 
+@torch.library.register_fake("entmtp::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("entmtp::add_rms_norm")
+def _add_rms_norm_fake(x, residual, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.register_fake("entmtp::rotary_qkv")
+def _rotary_qkv_fake(qkv, cos, sin, n_q_heads, n_kv_heads, k_cache, v_cache, start):
+    return qkv.new_empty((qkv.shape[0], n_q_heads, k_cache.shape[-1]))
+
+
+@torch.library.register_fake("entmtp::silu_mul")
+def _silu_mul_fake(gate_up):
+    return gate_up.new_empty((gate_up.shape[0], gate_up.shape[1] // 2))
+
+
 # --------------------------------------------------------------------------- #
 # Wrappers
 # --------------------------------------------------------------------------- #

@@ -178,3 +178,51 @@ def kv_commit_ref(kv: Tensor, src_slots: Tensor, dst_start: int) -> None:
     slot src_slots[i] -> slot dst_start + i for every layer, K/V, batch, head."""
     for i, src in enumerate(src_slots.tolist()):
         kv[:, :, :, :, dst_start + i] = kv[:, :, :, :, src].clone()
+
+
+# ---- fused decoder-layer pieces (CPU ops rms_norm, add_rms_norm, rotary_qkv,
+# silu_mul); on other devices the model runs these composites directly.
+
+def rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x [M, H] -> weight * x / rms(x); variance in fp32, as Llama's reference does."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rms_norm_ref(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    """(rms_norm(x + residual), x + residual): the residual add fused with the next norm."""
+    summed = x + residual
+    return rms_norm_ref(summed, weight, eps), summed
+
+
+def rope_ref(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE: x [..., D] with cos/sin broadcastable to it."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def rotary_qkv_ref(qkv: Tensor, cos: Tensor, sin: Tensor, n_q_heads: int, n_kv_heads: int,
+                   k_cache: Tensor, v_cache: Tensor, start: int) -> Tensor:
+    """qkv [M = B*T, (Hq + 2 Hkv) D], cos/sin [M, D], caches [B, Hkv, S, D].
+
+    Writes RoPE'd k and plain v into cache slots [start, start + T); returns
+    RoPE'd q [M, Hq, D].
+    """
+    batch, _, _, dim = k_cache.shape
+    rows = qkv.shape[0]
+    steps = rows // batch
+    q, k, v = qkv.split([n_q_heads * dim, n_kv_heads * dim, n_kv_heads * dim], dim=-1)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [M, 1, D]
+    q = rope_ref(q.reshape(rows, n_q_heads, dim), cos, sin)
+    k = rope_ref(k.reshape(rows, n_kv_heads, dim), cos, sin)
+    k_cache[:, :, start:start + steps] = k.view(batch, steps, n_kv_heads, dim).transpose(1, 2)
+    v_cache[:, :, start:start + steps] = v.reshape(batch, steps, n_kv_heads, dim).transpose(1, 2)
+    return q
+
+
+def silu_mul_ref(gate_up: Tensor) -> Tensor:
+    """gate_up [M, 2I] = [gate | up] -> SiLU(gate) * up [M, I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

@@ -130,3 +130,15 @@ def test_default_model_matches_transformers(default_model_dir):
     assert (logits - ref_logits).abs().max().item() <= 1e-3
     ours = ArDecoder(model).generate(ids, 64, eos_ids=())
     assert ours.token_ids == ref_out[0, len(ids):].tolist()
+
+
+def test_sharded_checkpoint_loads_like_single_file(tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    model = _tiny("llama", single)
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(5))
+    a, b = _ours(single), _ours(sharded)
+    _, la = a(ids, torch.arange(12)[None], a.new_cache(1, 16), 0)
+    _, lb = b(ids, torch.arange(12)[None], b.new_cache(1, 16), 0)
+    assert torch.equal(la, lb)

@@ -70,10 +70,6 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& weight,
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(entmtp, m) {
-  m.def("linear_bf16w(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(entmtp, CPU, m) { m.impl("linear_bf16w", &linear_bf16w_cpu); }
 
 }  // namespace entmtp

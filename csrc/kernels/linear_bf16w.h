@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/simd.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define ENTMTP_LINEAR_AVX2 1
@@ -25,21 +27,8 @@
 namespace entmtp {
 namespace kernels {
 
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-
-// Round to nearest even, as torch does when casting fp32 to bf16.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  if (std::isnan(f)) return 0x7FC0;
-  bits += 0x7FFF + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
+inline float bf16_to_float(uint16_t v) { return to_float(bf16_t{v}); }
+inline uint16_t float_to_bf16(float f) { return from_float<bf16_t>(f).bits; }
 
 constexpr int64_t kRowBlock = 4;     // weight rows streamed together in gemv_rows
 constexpr int64_t kChunk = 16;       // bf16 weights widened per step in gemv_rows

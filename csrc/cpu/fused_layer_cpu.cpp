@@ -1,0 +1,155 @@
+// CPU launchers of the fused layer ops (kernels/fused_layer.h): inputs checked
+// once here, rows in parallel. CPU only: on CUDA the model runs the torch
+// composites of entmtp/reference.py (launch overhead there is removed by CUDA
+// graphs instead).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <tuple>
+
+#include "cpu/dispatch.h"
+#include "kernels/fused_layer.h"
+
+namespace entmtp {
+namespace {
+
+// Rows per task: element-wise work is tiny, so only long inputs are split.
+constexpr int64_t kRowsGrain = 16;
+
+void check_rows(const at::Tensor& t, const char* op, const char* name, int64_t width) {
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D [M, ", width, "], got ", t.dim(), "-D");
+  TORCH_CHECK(t.size(1) == width, op, ": ", name, " must have ", width, " columns, got ", t.size(1));
+  TORCH_CHECK(t.stride(1) == 1, op, ": ", name, "'s last dim must be contiguous");
+}
+
+void check_norm(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(weight.dim() == 1 && weight.is_contiguous(), op, ": weight must be a contiguous 1-D [H]");
+  check_rows(x, op, "x", weight.size(0));
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), op, ": weight must have x's dtype ",
+              x.scalar_type(), ", got ", weight.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_impl(const at::Tensor& x, const at::Tensor* residual,
+                                             const at::Tensor& weight, double eps, const char* op) {
+  check_norm(x, weight, op);
+  const int64_t M = x.size(0), H = x.size(1);
+  at::Tensor normed = at::empty({M, H}, x.options());
+  at::Tensor summed = residual ? at::empty({M, H}, x.options()) : at::Tensor();
+  if (residual) {
+    check_rows(*residual, op, "residual", H);
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual must have x's dtype");
+  }
+  dispatch_storage_type(x.scalar_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* rp = residual ? static_cast<const T*>(residual->data_ptr()) : nullptr;
+    const T* wp = static_cast<const T*>(weight.data_ptr());
+    T* np = static_cast<T*>(normed.data_ptr());
+    T* sp = residual ? static_cast<T*>(summed.data_ptr()) : nullptr;
+    const int64_t xs = x.stride(0), rs = residual ? residual->stride(0) : 0;
+    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        kernels::rms_norm_row(xp + m * xs, rp ? rp + m * rs : nullptr, wp, H, static_cast<float>(eps),
+                              np + m * H, sp ? sp + m * H : nullptr);
+    });
+  });
+  return {normed, summed};
+}
+
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return std::get<0>(norm_impl(x, nullptr, weight, eps, "rms_norm"));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
+                                                    const at::Tensor& weight, double eps) {
+  return norm_impl(x, &residual, weight, eps, "add_rms_norm");
+}
+
+// qkv [M = B*T, (Hq + 2 Hkv) D]; cos/sin [M, D]; k_cache/v_cache [B, Hkv, S, D]
+// (views of the model's cache). Writes rotated k and plain v into cache slots
+// [start, start + T) and returns rotated q [M, Hq, D].
+at::Tensor rotary_qkv_cpu(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                          int64_t n_q_heads, int64_t n_kv_heads, at::Tensor& k_cache, at::Tensor& v_cache,
+                          int64_t start) {
+  const char* op = "rotary_qkv";
+  TORCH_CHECK(k_cache.dim() == 4, op, ": k_cache must be 4-D [B, Hkv, S, D], got ", k_cache.dim(), "-D");
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": v_cache must have k_cache's shape");
+  const int64_t B = k_cache.size(0), S = k_cache.size(2), D = k_cache.size(3);
+  TORCH_CHECK(k_cache.size(1) == n_kv_heads, op, ": k_cache has ", k_cache.size(1), " heads, n_kv_heads is ",
+              n_kv_heads);
+  TORCH_CHECK(n_q_heads > 0 && n_kv_heads > 0 && D % 2 == 0, op, ": bad head counts or odd head dim");
+  check_rows(qkv, op, "qkv", (n_q_heads + 2 * n_kv_heads) * D);
+  const int64_t M = qkv.size(0);
+  TORCH_CHECK(M % B == 0, op, ": qkv has ", M, " rows, not a multiple of the cache batch ", B);
+  const int64_t T = M / B;
+  TORCH_CHECK(start >= 0 && start + T <= S, op, ": slots [", start, ", ", start + T, ") exceed the cache (",
+              S, ")");
+  check_rows(cos, op, "cos", D);
+  check_rows(sin, op, "sin", D);
+  TORCH_CHECK(cos.size(0) == M && sin.size(0) == M, op, ": cos/sin must have one row per qkv row");
+  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, op, ": cache last dim must be contiguous");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&cos, &sin, &k_cache, &v_cache})
+    TORCH_CHECK(t->scalar_type() == qkv.scalar_type(), op, ": all tensors must have qkv's dtype ",
+                qkv.scalar_type());
+  at::Tensor q = at::empty({M, n_q_heads, D}, qkv.options());
+  dispatch_storage_type(qkv.scalar_type(), op, [&](auto tag) {
+    using T_ = decltype(tag);
+    const T_* in = static_cast<const T_*>(qkv.data_ptr());
+    const T_* cp = static_cast<const T_*>(cos.data_ptr());
+    const T_* sp = static_cast<const T_*>(sin.data_ptr());
+    T_* qp = static_cast<T_*>(q.data_ptr());
+    T_* kc = static_cast<T_*>(k_cache.data_ptr());
+    T_* vc = static_cast<T_*>(v_cache.data_ptr());
+    const int64_t in_s = qkv.stride(0), cs = cos.stride(0), ss = sin.stride(0);
+    const int64_t kb = k_cache.stride(0), kh = k_cache.stride(1), kt = k_cache.stride(2);
+    const int64_t vb = v_cache.stride(0), vh = v_cache.stride(1), vt = v_cache.stride(2);
+    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t b = m / T, slot = start + m % T;
+        const T_* row = in + m * in_s;
+        const T_* c = cp + m * cs;
+        const T_* s = sp + m * ss;
+        for (int64_t h = 0; h < n_q_heads; ++h) kernels::rope_head(row + h * D, c, s, D, qp + (m * n_q_heads + h) * D);
+        for (int64_t h = 0; h < n_kv_heads; ++h) {
+          kernels::rope_head(row + (n_q_heads + h) * D, c, s, D, kc + b * kb + h * kh + slot * kt);
+          const T_* v = row + (n_q_heads + n_kv_heads + h) * D;
+          T_* dst = vc + b * vb + h * vh + slot * vt;
+          for (int64_t i = 0; i < D; ++i) dst[i] = v[i];
+        }
+      }
+    });
+  });
+  return q;
+}
+
+at::Tensor silu_mul_cpu(const at::Tensor& gate_up) {
+  const char* op = "silu_mul";
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, op, ": gate_up must be 2-D [M, 2I]");
+  TORCH_CHECK(gate_up.stride(1) == 1, op, ": gate_up's last dim must be contiguous");
+  const int64_t M = gate_up.size(0), I = gate_up.size(1) / 2;
+  at::Tensor out = at::empty({M, I}, gate_up.options());
+  dispatch_storage_type(gate_up.scalar_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = static_cast<const T*>(gate_up.data_ptr());
+    T* op_ = static_cast<T*>(out.data_ptr());
+    const int64_t stride = gate_up.stride(0);
+    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) kernels::silu_mul_row(in + m * stride, I, op_ + m * I);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(entmtp, CPU, m) {
+  m.impl("rms_norm", &rms_norm_cpu);
+  m.impl("add_rms_norm", &add_rms_norm_cpu);
+  m.impl("rotary_qkv", &rotary_qkv_cpu);
+  m.impl("silu_mul", &silu_mul_cpu);
+}
+
+}  // namespace entmtp
