@@ -208,9 +208,10 @@ def trees_list() -> None:
 
 
 # ---------------------------------------------------------------------- kernels
-@kernels_app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@kernels_app.command("bench", add_help_option=False,
+                     context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def kernels_bench(ctx: typer.Context) -> None:
-    """Kernel benchmarks vs plain torch (options: see `entmtp kernels bench --help-bench`)."""
+    """tree_attention vs SDPA and token_entropy vs torch, side by side (--help for options)."""
     from entmtp.kernel_bench import main as bench_main
 
     bench_main(list(ctx.args))
