@@ -3,7 +3,7 @@
 
 Compile-only (no link), so it works with a CPU-only torch: the CPU wheel ships
 the CUDA headers except one generated file, which a shim provides (see
-/work/shared/reference/build.md §7.2). PTX-only for compute_90 (skips ptxas).
+../shared/reference/build.md §7.2). PTX-only for compute_90 (skips ptxas).
 Exits 1 if any file fails; prints a skip notice and exits 0 without nvcc.
 """
 from __future__ import annotations
