@@ -28,7 +28,9 @@ trees_app = typer.Typer(no_args_is_help=True, help="Draft trees shipped with ent
 kernels_app = typer.Typer(no_args_is_help=True, help="The C++/CUDA ops.")
 app.add_typer(models_app, name="models")
 app.add_typer(trees_app, name="trees")
+heads_app = typer.Typer(no_args_is_help=True, help="Medusa and Hydra draft heads.")
 app.add_typer(kernels_app, name="kernels")
+app.add_typer(heads_app, name="heads")
 
 _DEBUG = {"on": False}
 
@@ -205,6 +207,34 @@ def trees_list() -> None:
     for name in list_trees():
         tree = load_tree(name)
         typer.echo(f"{name}\t{tree.n_nodes - 1} nodes\tdepth {tree.max_depth}")
+
+
+# ------------------------------------------------------------------------ heads
+@heads_app.command("train")
+def heads_train(
+    out: Path = typer.Option(..., "--out", help="Output folder (prompts.json, corpus.pt, checkpoint.pt, heads/)."),
+    kind: str = typer.Option("medusa", "--kind", help="medusa or hydra."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    n_heads: int = typer.Option(4, "--heads"),
+    n_layers: int = typer.Option(1, "--layers"),
+    sharegpt_prompts: int = typer.Option(600, "--sharegpt-prompts"),
+    code_prompts: int = typer.Option(200, "--code-prompts"),
+    gen_tokens: int = typer.Option(128, "--gen-tokens", help="Greedy continuation length per prompt."),
+    steps: int = typer.Option(1500, "--steps"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Self-distil heads from the base model's own greedy outputs (resumable: rerun the same command)."""
+    from entmtp.loader import load_model
+    from entmtp.train_heads import TrainConfig, train_heads
+
+    cfg = TrainConfig(kind=kind, n_heads=n_heads, n_layers=n_layers, sharegpt_prompts=sharegpt_prompts,
+                      code_prompts=code_prompts, gen_tokens=gen_tokens, steps=steps, batch_size=batch_size,
+                      lr=lr, seed=seed)
+    loaded = load_model(model)
+    train_heads(loaded, cfg, out)
+    typer.echo(f"wrote {out / 'heads'}")
 
 
 # ---------------------------------------------------------------------- kernels

@@ -1,0 +1,244 @@
+"""`entmtp heads train`: self-distillation of Medusa or Hydra heads.
+
+1. prompts: a recorded split of ShareGPT first turns plus standard-library code
+   prompts (never HumanEval), written to prompts.json in the output folder;
+2. corpus: the base model greedily continues each prompt (bf16); one forward
+   over prompt + continuation keeps the final hidden states [L, H];
+3. train: the base is frozen; head i at position t learns the base's own token
+   t + 2 + i (Hydra heads also read the embeddings of tokens t+1 .. t+1+i);
+4. report: per-head top-1 / top-5 accuracy on held-out sequences.
+Checkpoints (heads, optimizer, step, RNG) are written every `checkpoint_every`
+steps; rerunning the same command resumes from the last one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .datasets import load_sharegpt_first_turns, stdlib_code_prompts
+from .errors import EntmtpError
+from .generate import ArDecoder
+from .heads import HydraHeads, MedusaHeads, save_heads
+from .loader import LoadedModel
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "medusa"
+    n_heads: int = 4
+    n_layers: int = 1
+    sharegpt_prompts: int = 600
+    code_prompts: int = 200
+    gen_tokens: int = 128
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    held_out: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.kind not in ("medusa", "hydra"):
+            raise EntmtpError(f"--kind must be medusa or hydra, not {self.kind!r}")
+        if min(self.n_heads, self.n_layers, self.gen_tokens, self.steps, self.batch_size) < 1:
+            raise EntmtpError("heads, layers, gen tokens, steps and batch size must be >= 1")
+
+
+# ------------------------------------------------------------------- prompts
+def select_prompts(cfg: TrainConfig) -> list[dict]:
+    """A seeded sample of prompts; recorded in prompts.json (source and id of
+    each) so benchmark splits can be checked against it."""
+    rng = random.Random(cfg.seed)
+    chosen = []
+    if cfg.sharegpt_prompts:
+        pool = load_sharegpt_first_turns()
+        for pid, text in rng.sample(pool, min(cfg.sharegpt_prompts, len(pool))):
+            chosen.append({"source": "sharegpt", "id": pid, "prompt": text[:2000]})
+    if cfg.code_prompts:
+        pool = stdlib_code_prompts()
+        for pid, text in rng.sample(pool, min(cfg.code_prompts, len(pool))):
+            chosen.append({"source": "stdlib", "id": pid, "prompt": text})
+    if not chosen:
+        raise EntmtpError("no training prompts selected")
+    return chosen
+
+
+# -------------------------------------------------------------------- corpus
+def build_corpus(loaded: LoadedModel, prompts: list[dict], gen_tokens: int, console: Console) -> list[dict]:
+    """Per prompt: token ids (prompt + greedy continuation), the index of the
+    first continuation position, and the final hidden states [L, H] (fp16 to
+    keep the corpus small)."""
+    decoder = ArDecoder(loaded.model)
+    model = loaded.model
+    sequences = []
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("generating continuations", total=len(prompts))
+        for record in prompts:
+            ids = loaded.tokenizer.encode_chat(record["prompt"])[-1024:]
+            out = decoder.generate(ids, gen_tokens, loaded.eos_token_ids).token_ids
+            full = ids + out
+            cache = model.new_cache(1, len(full))
+            positions = torch.arange(len(full)).unsqueeze(0)
+            hidden, _ = model(torch.tensor([full]), positions, cache, 0, logits_rows=slice(0, 0))
+            sequences.append({"tokens": torch.tensor(full), "start": len(ids) - 1,
+                              "hidden": hidden[0].to(torch.float16)})
+            progress.advance(task)
+    return sequences
+
+
+def _positions(sequences: list[dict], n_heads: int) -> torch.Tensor:
+    """[P, 2] (sequence, position) pairs whose head-0 target (t + 2) exists."""
+    rows = []
+    for s_index, seq in enumerate(sequences):
+        last = len(seq["tokens"]) - 2
+        for t in range(seq["start"], last):
+            rows.append((s_index, t))
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+
+
+def _batch(sequences, pairs, n_heads, embed):
+    """hidden [B, H] fp32, targets [n_heads, B] (-100 = none), path tokens [B, n_heads]."""
+    hidden, targets, paths = [], [], []
+    for s_index, t in pairs.tolist():
+        seq = sequences[s_index]
+        tokens = seq["tokens"]
+        hidden.append(seq["hidden"][t].float())
+        ahead = [int(tokens[t + 2 + i]) if t + 2 + i < len(tokens) else -100 for i in range(n_heads)]
+        targets.append(ahead)
+        # Tokens t+1 .. t+n_heads: the root and the drafts a Hydra head reads.
+        paths.append([int(tokens[min(t + 1 + i, len(tokens) - 1)]) for i in range(n_heads)])
+    return torch.stack(hidden), torch.tensor(targets).T, torch.tensor(paths)
+
+
+def head_logits(heads, hidden, paths, lm_head, embed) -> torch.Tensor:
+    """[n_heads, B, V] logits of every head at a batch of positions."""
+    if isinstance(heads, MedusaHeads):
+        return heads(hidden, lm_head)
+    path_embeds = F.embedding(paths, embed)  # [B, n_heads, H]
+    return torch.stack([heads.forward_paths(hidden, path_embeds[:, :i + 1], i, lm_head)
+                        for i in range(heads.n_heads)])
+
+
+# --------------------------------------------------------------------- train
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 10%.
+
+    A function of the step alone, so a resumed run (even with more --steps)
+    continues the schedule without scheduler state."""
+    warmup = max(1, cfg.steps // 20)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: Optional[Console] = None) -> dict:
+    console = console or Console()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    prompts_file = out_dir / "prompts.json"
+    if prompts_file.is_file():
+        prompts = json.loads(prompts_file.read_text())["prompts"]
+    else:
+        prompts = select_prompts(cfg)
+        prompts_file.write_text(json.dumps({"config": dataclasses.asdict(cfg), "prompts": prompts}, indent=1))
+    corpus_file = out_dir / "corpus.pt"
+    if corpus_file.is_file():
+        sequences = torch.load(corpus_file, weights_only=True)
+    else:
+        sequences = build_corpus(loaded, prompts, cfg.gen_tokens, console)
+        torch.save(sequences, corpus_file)
+
+    # Held-out split by whole sequences, so no held-out context is seen in training.
+    n_eval = max(1, int(round(len(sequences) * cfg.held_out))) if len(sequences) > 1 else 0
+    train_seqs, eval_seqs = sequences[n_eval:], sequences[:n_eval] or sequences
+    train_pairs, eval_pairs = _positions(train_seqs, cfg.n_heads), _positions(eval_seqs, cfg.n_heads)
+
+    cfg_model = loaded.config
+    embed = loaded.model.embed.float()
+    lm_head = loaded.model.lm_head.float()
+    cls = MedusaHeads if cfg.kind == "medusa" else HydraHeads
+    heads = cls(cfg.n_heads, cfg.n_layers, cfg_model.hidden_size, cfg_model.vocab_size, shared_lm_head=True)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+        console.print(f"resuming from step {step}")
+
+    losses = []
+    started = time.perf_counter()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"training {cfg.kind} heads", total=cfg.steps, completed=step)
+        while step < cfg.steps:
+            pick = torch.randint(0, len(train_pairs), (cfg.batch_size,))
+            hidden, targets, paths = _batch(train_seqs, train_pairs[pick], cfg.n_heads, embed)
+            logits = head_logits(heads, hidden, paths, lm_head, embed)           # [n, B, V]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=-100)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            progress.update(task, advance=1, description=f"training {cfg.kind} heads, loss {loss:.3f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
+                            "rng": torch.get_rng_state(),
+                            "step": step}, checkpoint)
+
+    accuracy = evaluate(heads, eval_seqs, eval_pairs, lm_head, embed, cfg.n_heads)
+    table = Table(title=f"{cfg.kind} heads on {len(eval_pairs)} held-out positions")
+    table.add_column("head")
+    table.add_column("predicts")
+    table.add_column("top-1", justify="right")
+    table.add_column("top-5", justify="right")
+    for i, (top1, top5) in enumerate(accuracy):
+        table.add_row(str(i), f"t+{i + 2}", f"{top1:.3f}", f"{top5:.3f}")
+    console.print(table)
+    metadata = {
+        "base_model": {"folder": loaded.folder.name, "hidden_size": cfg_model.hidden_size,
+                       "vocab_size": cfg_model.vocab_size},
+        "training": {"config": dataclasses.asdict(cfg), "prompts_file": "prompts.json",
+                     "n_train_positions": len(train_pairs), "n_eval_positions": len(eval_pairs),
+                     "final_loss": losses[-1] if losses else None,
+                     "held_out_top1": [a[0] for a in accuracy], "held_out_top5": [a[1] for a in accuracy],
+                     "seconds": round(time.perf_counter() - started, 1)},
+    }
+    save_heads(heads, out_dir / "heads", metadata)
+    return metadata
+
+
+@torch.no_grad()
+def evaluate(heads, sequences, pairs, lm_head, embed, n_heads, batch_size: int = 256) -> list[tuple[float, float]]:
+    """Per head: (top-1, top-5) accuracy of the base's own token t + 2 + i."""
+    hits1 = torch.zeros(n_heads)
+    hits5 = torch.zeros(n_heads)
+    counts = torch.zeros(n_heads)
+    for begin in range(0, len(pairs), batch_size):
+        hidden, targets, paths = _batch(sequences, pairs[begin:begin + batch_size], n_heads, embed)
+        top5 = head_logits(heads, hidden, paths, lm_head, embed).topk(5, dim=-1).indices  # [n, B, 5]
+        valid = targets >= 0
+        hits1 += ((top5[..., 0] == targets) & valid).sum(1)
+        hits5 += ((top5 == targets.unsqueeze(-1)).any(-1) & valid).sum(1)
+        counts += valid.sum(1)
+    counts = counts.clamp(min=1)
+    return [(float(hits1[i] / counts[i]), float(hits5[i] / counts[i])) for i in range(n_heads)]
