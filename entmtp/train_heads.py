@@ -223,7 +223,9 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: O
                      "held_out_top1": [a[0] for a in accuracy], "held_out_top5": [a[1] for a in accuracy],
                      "seconds": round(time.perf_counter() - started, 1)},
     }
-    save_heads(heads, out_dir / "heads", metadata)
+    # Shipped weights in bf16 (the decode dtype) keep the files small; the
+    # fp32 master copy stays in checkpoint.pt.
+    save_heads(heads.to(torch.bfloat16), out_dir / "heads", metadata)
     return metadata
 
 

@@ -71,6 +71,25 @@ def test_bad_heads_give_one_line(default_model_dir, tmp_path, capsys):
                  "--heads", str(tmp_path / "missing")])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    code = main(["run", "--model", str(default_model_dir), "--prompt-file", str(prompt), "--method", "medusa"])
+    # A model with no heads shipped for it (the default model's files under another name).
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for item in default_model_dir.iterdir():
+        (other / item.name).symlink_to(item)
+    code = main(["run", "--model", str(other), "--prompt-file", str(prompt), "--method", "medusa"])
     err = capsys.readouterr().err
-    assert code == 1 and "pass --heads" in err
+    assert code == 1 and "no trained medusa heads are shipped for model 'other-model'" in err
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+def test_shipped_heads_are_used_by_default_and_exact(default_model_dir, tmp_path, capsys, kind):
+    from entmtp_cli.main import main
+
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("List three colors.", encoding="utf-8")
+    args = ["run", "--model", str(default_model_dir), "--prompt-file", str(prompt), "--max-new-tokens", "12",
+            "--json", "--dtype", "fp32"]
+    assert main(args + ["--method", kind, "--tree", "tree8"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == spec["token_ids"]
