@@ -96,12 +96,6 @@ class ArDecoder:
         self.model = model
         self._cache: Optional[KVCache] = None
 
-    def _cache_for(self, needed: int) -> KVCache:
-        # Reuse one cache across prompts; grow it only when a longer one is needed.
-        if self._cache is None or self._cache.capacity < needed:
-            self._cache = self.model.new_cache(batch=1, capacity=needed)
-        return self._cache
-
     def prefill(self, cache: KVCache, prompt: torch.Tensor) -> torch.Tensor:
         """Run the prompt [1, P]; return the last position's logits [V]."""
         positions = torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0)
@@ -121,7 +115,7 @@ class ArDecoder:
         model = self.model
         context = check_prompt_fits(model, len(prompt_ids))
         budget = min(max_new_tokens, context - len(prompt_ids))
-        cache = self._cache_for(len(prompt_ids) + budget)
+        cache = self._cache = model.reuse_cache(self._cache, len(prompt_ids) + budget)
         generator = sampling.generator(model.device)
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
         eos = set(eos_ids)

@@ -123,6 +123,12 @@ class LlamaModel:
         self._ensure_rope(capacity)
         return KVCache(self.config, batch, capacity, self.dtype, self.device)
 
+    def reuse_cache(self, cache: Optional[KVCache], needed: int) -> KVCache:
+        """One cache serves many prompts; a new one only when `needed` exceeds it."""
+        if cache is None or cache.capacity < needed:
+            cache = self.new_cache(batch=1, capacity=needed)
+        return cache
+
     @torch.inference_mode()
     def forward(
         self,

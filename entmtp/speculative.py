@@ -58,7 +58,8 @@ class VerifyConfig:
 @dataclasses.dataclass
 class StepOutcome:
     path: list[int]           # accepted node indices, root first
-    bonus: torch.Tensor       # [] the base model's next token after the path
+    bonus: torch.Tensor       # [] the base model's next token after the path (next root)
+    emitted: list[int]        # the accepted drafted tokens, then the bonus token
 
 
 class SpeculativeDecoder:
@@ -132,12 +133,17 @@ class SpeculativeDecoder:
                                               draft_probs=drafted_prob, entropy=entropy,
                                               epsilon=cfg.epsilon, alpha=cfg.alpha)
             bonus = None
-        n = int(length) + 1  # the one host sync of the step
-        path_list = path[:n].tolist()
         if bonus is None:
-            last = path_list[-1]
-            bonus = pick_token(logits[last], SamplingConfig(self.verify_config.temperature), generator)
-        return StepOutcome(path_list, bonus)
+            n = int(length) + 1
+            path_list = path[:n].tolist()
+            bonus = pick_token(logits[path_list[-1]], SamplingConfig(self.verify_config.temperature), generator)
+            return StepOutcome(path_list, bonus, tokens[path_list[1:]].tolist() + [int(bonus)])
+        # Greedy: length, bonus, path and the path's tokens in one host read.
+        head = torch.cat([length.view(1), bonus.view(1), path, tokens[path.clamp(min=0)]]).tolist()
+        n = head[0] + 1
+        width = path.shape[0]
+        path_list = head[2:2 + n]
+        return StepOutcome(path_list, bonus, head[2 + width + 1:2 + width + n] + [head[1]])
 
     def _accept_by_rejection(self, tokens, logits, generator) -> StepOutcome:
         """Walk down from the root; at each node try its children in rank order.
@@ -166,7 +172,7 @@ class SpeculativeDecoder:
                 probs[x] = 0.0
             if chosen is None:
                 bonus = torch.multinomial(probs / probs.sum(), 1, generator=generator)[0]
-                return StepOutcome(path, bonus)
+                return StepOutcome(path, bonus, [token_list[i] for i in path[1:]] + [int(bonus)])
             node = chosen
             path.append(node)
 
@@ -178,11 +184,6 @@ class SpeculativeDecoder:
         return cache_len + len(path)
 
     # --------------------------------------------------------------- the loop
-    def _cache_for(self, needed: int) -> KVCache:
-        if self._cache is None or self._cache.capacity < needed:
-            self._cache = self.model.new_cache(batch=1, capacity=needed)
-        return self._cache
-
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: tuple[int, ...],
                  sampling: SamplingConfig = SamplingConfig(),
                  on_tokens: Optional[TokenCallback] = None) -> GenerationResult:
@@ -192,11 +193,12 @@ class SpeculativeDecoder:
         budget = min(max_new_tokens, context - len(prompt_ids) - self.buffers.n_nodes)
         if budget <= 0:
             budget = min(max_new_tokens, context - len(prompt_ids))
-        cache = self._cache_for(min(context, len(prompt_ids) + budget + self.buffers.n_nodes))
+        needed = min(context, len(prompt_ids) + budget + self.buffers.n_nodes)
+        cache = self._cache = model.reuse_cache(self._cache, needed)
         generator = sampling.generator(model.device)
         eos = set(eos_ids)
         out: list[int] = []
-        records: list[StepRecord] = []
+        steps_taken: list[tuple[int, torch.Tensor, float]] = []  # (accepted, root entropy [], seconds)
 
         def emit(new_ids: list[int]) -> bool:
             """Append tokens up to EOS or the budget; True when generation is over."""
@@ -230,16 +232,18 @@ class SpeculativeDecoder:
                 entropy, base_argmax = ops.token_entropy(logits)[:2]
                 outcome = self.accept(tokens, logits, base_argmax, generator)
                 cache_len = self.commit(cache, cache_len, outcome.path)
-            drafted = tokens[outcome.path[1:]].tolist() if len(outcome.path) > 1 else []
-            done = emit(drafted + [int(outcome.bonus)])
+            done = emit(outcome.emitted)
             root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
             steps += 1
-            records.append(StepRecord(len(outcome.path) - 1, self.tree.name, float(entropy[0]),
-                                      time.perf_counter() - step_start))
+            # Entropies stay on the device until the end: no extra host read per step.
+            steps_taken.append((len(outcome.path) - 1, entropy[0], time.perf_counter() - step_start))
         if out and out[-1] in eos:
             stop = "eos"
         elif not done:
             stop = "context"
         seconds = time.perf_counter() - start
+        entropies = torch.stack([e for _, e, _ in steps_taken]).tolist() if steps_taken else []
+        records = [StepRecord(accepted, self.tree.name, ent, secs)
+                   for (accepted, _, secs), ent in zip(steps_taken, entropies)]
         return GenerationResult(len(prompt_ids), out, steps, seconds, prefill_seconds, self.method,
                                 stop, records)

@@ -16,22 +16,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
-import math
 import os
 import types
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .errors import EntmtpError
+from .reference import tree_bits_from_parents
 
 TREE_FORMAT = "entmtp-tree/1"
 SHIPPED_TREES_PACKAGE = "entmtp.trees_data"
 _DOCUMENT_KEYS = {"format", "name", "paths", "metadata"}
 _REQUIRED_DOCUMENT_KEYS = ("format", "name", "paths")
-_BITS_PER_WORD = 64
 
 
 # --------------------------------------------------------------------------- #
@@ -99,36 +97,11 @@ def _thaw_json(value: Any) -> Any:
 # --------------------------------------------------------------------------- #
 
 def ancestor_bits(parents: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Ancestor bitmask of a tree given by its parent array.
-
-    parents: [T] with parents[0] == -1 (root) and parents[i] < i otherwise.
-    Returns int64 [T, ceil(T/64)] on the CPU: bit (j % 64) of word j // 64 in
-    row i is set iff node j is node i itself or one of its ancestors. This is
-    the mask format of `entmtp.ops.tree_attention` (query i may attend to tree
-    key j). Bit 63 of a word is the int64 sign bit, so a word can be negative.
-    """
-    parent_list = [int(p) for p in (parents.tolist() if isinstance(parents, torch.Tensor) else parents)]
-    n_nodes = len(parent_list)
-    n_words = max(1, math.ceil(n_nodes / _BITS_PER_WORD))
-    # Python ints hold each row as one unbounded bitset; since a parent comes
-    # before its child, a row is its parent's row plus its own bit.
-    row_masks: list[int] = []
-    for node, parent in enumerate(parent_list):
-        if node == 0:
-            if parent != -1:
-                raise ValueError(f"parents[0] must be -1 (the root), got {parent}")
-            row_masks.append(1)
-            continue
-        if not 0 <= parent < node:
-            raise ValueError(f"parents[{node}] = {parent} must lie in [0, {node})")
-        row_masks.append(row_masks[parent] | (1 << node))
-    words = np.zeros((n_nodes, n_words), dtype=np.uint64)
-    word_mask = (1 << _BITS_PER_WORD) - 1
-    for node, mask in enumerate(row_masks):
-        for word in range(n_words):
-            words[node, word] = (mask >> (word * _BITS_PER_WORD)) & word_mask
-    # Reinterpret the unsigned words as int64 (two's complement), no value change in bits.
-    return torch.from_numpy(words.view(np.int64).copy())
+    """Ancestor-or-self bitmask int64 [T, ceil(T/64)] (CPU) of the tree with
+    parent array `parents` [T] (root -1, parents[i] < i): bit (j % 64) of word
+    j // 64 in row i is set iff node j is node i or one of its ancestors, the
+    mask format of `entmtp.ops.tree_attention`. The reference builds it."""
+    return tree_bits_from_parents(torch.as_tensor(parents, dtype=torch.long).cpu())
 
 
 # --------------------------------------------------------------------------- #
