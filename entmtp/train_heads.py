@@ -2,8 +2,8 @@
 
 1. prompts: a recorded split of ShareGPT first turns plus standard-library code
    prompts (never HumanEval), written to prompts.json in the output folder;
-2. corpus: the base model greedily continues each prompt (bf16); one forward
-   over prompt + continuation keeps the final hidden states [L, H];
+2. corpus: the base model greedily continues each prompt (bf16, in batches of
+   equal-length prompts) and its final hidden states [L, H] are kept;
 3. train: the base is frozen; head i at position t learns the base's own token
    t + 2 + i (Hydra heads also read the embeddings of tokens t+1 .. t+1+i);
 4. report: per-head top-1 / top-5 accuracy on held-out sequences.
@@ -18,7 +18,6 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,6 @@ from rich.table import Table
 
 from .datasets import load_sharegpt_first_turns, stdlib_code_prompts
 from .errors import EntmtpError
-from .generate import ArDecoder
 from .heads import HydraHeads, MedusaHeads, save_heads
 from .loader import LoadedModel
 
@@ -75,25 +73,84 @@ def select_prompts(cfg: TrainConfig) -> list[dict]:
 
 
 # -------------------------------------------------------------------- corpus
-def build_corpus(loaded: LoadedModel, prompts: list[dict], gen_tokens: int, console: Console) -> list[dict]:
-    """Per prompt: token ids (prompt + greedy continuation), the index of the
-    first continuation position, and the final hidden states [L, H] (fp16 to
-    keep the corpus small)."""
-    decoder = ArDecoder(loaded.model)
-    model = loaded.model
-    sequences = []
+def _chat_wrapper(tokenizer) -> tuple[list[int], list[int]]:
+    """The token prefix and suffix every one-turn chat prompt shares (system and
+    user header; end of turn and assistant header), found by comparing two."""
+    a, b = tokenizer.encode_chat("alpha beta gamma"), tokenizer.encode_chat("7 + 3 = ?")
+    n_prefix = 0
+    while n_prefix < min(len(a), len(b)) and a[n_prefix] == b[n_prefix]:
+        n_prefix += 1
+    n_suffix = 0
+    while n_suffix < min(len(a), len(b)) - n_prefix and a[-1 - n_suffix] == b[-1 - n_suffix]:
+        n_suffix += 1
+    return a[:n_prefix], a[len(a) - n_suffix:]
+
+
+def _equal_length_batches(prompt_ids: list[list[int]], batch_size: int, wrapper) -> list[list[tuple[int, list[int]]]]:
+    """Group prompts of similar length and trim each group's user text to the
+    group's shortest, so a batch decodes with no padding (and no padding mask).
+    Trimming only shortens the context a continuation starts from: the corpus
+    stays the base model's own greedy text. Returns [(prompt index, ids)]."""
+    prefix, suffix = wrapper
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        length = len(prompt_ids[group[0]])
+        batch = []
+        for i in group:
+            ids = prompt_ids[i]
+            if len(ids) > length:
+                content = ids[len(prefix):len(ids) - len(suffix)]
+                ids = prefix + content[:length - len(prefix) - len(suffix)] + suffix
+            batch.append((i, ids))
+        batches.append(batch)
+    return batches
+
+
+@torch.inference_mode()
+def _generate_batch(model, prompts: torch.Tensor, gen_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy continuation of B equal-length prompts [B, P] in one batch.
+    Returns tokens [B, P + n] and final hidden states [B, P + n - 1, H] (the
+    last token is never fed, and no head target needs its hidden state)."""
+    batch, n_prompt = prompts.shape
+    cache = model.new_cache(batch, n_prompt + gen_tokens)
+    positions = torch.arange(n_prompt).expand(batch, -1)
+    hidden, logits = model(prompts, positions, cache, 0, logits_rows=slice(-1, None))
+    tokens, hiddens = [prompts], [hidden]
+    next_token = logits[:, -1].argmax(-1, keepdim=True)                # [B, 1]
+    for step in range(gen_tokens - 1):
+        tokens.append(next_token)
+        at = n_prompt + step
+        hidden, logits = model(next_token, torch.full((batch, 1), at), cache, at)
+        hiddens.append(hidden)
+        next_token = logits[:, -1].argmax(-1, keepdim=True)
+    tokens.append(next_token)
+    return torch.cat(tokens, 1), torch.cat(hiddens, 1)
+
+
+def build_corpus(loaded: LoadedModel, prompts: list[dict], gen_tokens: int, console: Console,
+                 batch_size: int = 16) -> list[dict]:
+    """Per prompt: token ids (prompt + greedy continuation, cut after the first
+    EOS), the index of the last prompt position, and the final hidden states
+    [L - 1, H] (fp16 to keep the corpus small). Prompts decode in batches of
+    equal length, which is what makes a large corpus affordable on a CPU."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompt_ids = [tokenizer.encode_chat(record["prompt"])[-512:] for record in prompts]
+    eos = set(loaded.eos_token_ids)
+    sequences: list[dict | None] = [None] * len(prompts)
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("generating continuations", total=len(prompts))
-        for record in prompts:
-            ids = loaded.tokenizer.encode_chat(record["prompt"])[-1024:]
-            out = decoder.generate(ids, gen_tokens, loaded.eos_token_ids).token_ids
-            full = ids + out
-            cache = model.new_cache(1, len(full))
-            positions = torch.arange(len(full)).unsqueeze(0)
-            hidden, _ = model(torch.tensor([full]), positions, cache, 0, logits_rows=slice(0, 0))
-            sequences.append({"tokens": torch.tensor(full), "start": len(ids) - 1,
-                              "hidden": hidden[0].to(torch.float16)})
-            progress.advance(task)
+        for batch in _equal_length_batches(prompt_ids, batch_size, _chat_wrapper(tokenizer)):
+            ids = torch.tensor([row for _, row in batch], device=model.device)
+            tokens, hidden = _generate_batch(model, ids, gen_tokens)
+            n_prompt = ids.shape[1]
+            for row, (index, _) in enumerate(batch):
+                full = tokens[row].tolist()
+                cut = next((n_prompt + k + 1 for k, t in enumerate(full[n_prompt:]) if t in eos), len(full))
+                sequences[index] = {"tokens": torch.tensor(full[:cut]), "start": n_prompt - 1,
+                                    "hidden": hidden[row, :cut - 1].to(torch.float16).cpu()}
+            progress.advance(task, len(batch))
     return sequences
 
 
@@ -143,7 +200,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: Optional[Console] = None) -> dict:
+def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: Console | None = None) -> dict:
     console = console or Console()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +219,7 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: O
         torch.save(sequences, corpus_file)
 
     # Held-out split by whole sequences, so no held-out context is seen in training.
-    n_eval = max(1, int(round(len(sequences) * cfg.held_out))) if len(sequences) > 1 else 0
+    n_eval = max(1, round(len(sequences) * cfg.held_out)) if len(sequences) > 1 else 0
     train_seqs, eval_seqs = sequences[n_eval:], sequences[:n_eval] or sequences
     train_pairs, eval_pairs = _positions(train_seqs, cfg.n_heads), _positions(eval_seqs, cfg.n_heads)
 

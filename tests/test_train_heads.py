@@ -93,3 +93,29 @@ def test_shipped_heads_are_used_by_default_and_exact(default_model_dir, tmp_path
     spec = json.loads(capsys.readouterr().out)
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == spec["token_ids"]
+
+
+def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
+    """The corpus decodes equal-length prompt groups in one batch; in fp32 each
+    row must be exactly what ar gives for that (trimmed) prompt, and trimming
+    keeps the chat template's head and tail."""
+    from entmtp.generate import ArDecoder
+    from entmtp.train_heads import _chat_wrapper, _equal_length_batches, _generate_batch
+
+    loaded = load_model(str(default_model_dir), torch.float32)
+    tokenizer = loaded.tokenizer
+    prefix, suffix = _chat_wrapper(tokenizer)
+    assert tokenizer.decode(suffix).strip().endswith("assistant")
+    texts = ["Write a poem about the sea, in four lines.", "What is 12 times 7?",
+             "Complete this Python function: def fib(n):", "Tell me a story about a dog who learns to fly"]
+    ids = [tokenizer.encode_chat(t) for t in texts]
+    batches = _equal_length_batches(ids, 4, (prefix, suffix))
+    assert len(batches) == 1 and sorted(i for i, _ in batches[0]) == [0, 1, 2, 3]
+    rows = [row for _, row in batches[0]]
+    assert len({len(r) for r in rows}) == 1
+    assert all(r[:len(prefix)] == prefix and r[-len(suffix):] == suffix for r in rows)
+    tokens, hidden = _generate_batch(loaded.model, torch.tensor(rows), 12)
+    n_prompt = len(rows[0])
+    assert tokens.shape == (4, n_prompt + 12) and hidden.shape == (4, n_prompt + 11, loaded.config.hidden_size)
+    for row_index, row in enumerate(rows):
+        assert tokens[row_index, n_prompt:].tolist() == ArDecoder(loaded.model).generate(row, 12, ()).token_ids
