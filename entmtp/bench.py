@@ -85,8 +85,9 @@ def parse_methods(text: str, exact_check: bool) -> tuple[str, ...]:
         raise UsageError("--methods is empty")
     for name in names:
         parse_method(name)
-    if exact_check and "ar" not in names:
-        names.insert(0, "ar")  # exactness is measured against ar's tokens
+    if exact_check:
+        # Exactness is measured against ar's tokens, so ar runs first on every prompt.
+        names = ["ar"] + [n for n in names if n != "ar"]
     return tuple(dict.fromkeys(names))
 
 

@@ -198,3 +198,11 @@ def test_bench_unwritable_out(capsys, default_model_dir, tmp_path):
                         "--out", str(blocker / "sub"))
     assert code == 1
     _one_error_line(err, "cannot write to --out")
+
+
+def test_exact_check_runs_ar_first():
+    from entmtp.bench import parse_methods
+
+    assert parse_methods("hydra,ar,medusa", exact_check=True) == ("ar", "hydra", "medusa")
+    assert parse_methods("hydra", exact_check=True) == ("ar", "hydra")
+    assert parse_methods("hydra,ar", exact_check=False) == ("hydra", "ar")
