@@ -102,7 +102,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["entmtp", "entmtp.*"]) + ["entmtp_cli", "entmtp.trees_data"],
     package_dir={"entmtp_cli": "cli", "entmtp.trees_data": "trees"},
-    package_data={"entmtp.trees_data": ["*.json", "README.md"], "entmtp": ["data/*", "data/**/*"]},
+    package_data={"entmtp.trees_data": ["*.json", "README.md", "banks/*.json"], "entmtp": ["data/*", "data/**/*"]},
     include_package_data=False,
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},

@@ -48,7 +48,18 @@ def _err(message: str) -> None:
 def run(
     prompt_file: Path = typer.Option(..., "--prompt-file", help=".txt: one prompt; .jsonl: one {\"prompt\": ...} per line."),
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf file, or a known name (default smollm2-135m-instruct)."),
-    method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa or hydra."),
+    method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa, hydra or entmtp (a tree bank, "
+                               "switched per step)."),
+    bank: str | None = typer.Option(None, "--bank", help="entmtp: a shipped bank name or a bank JSON path "
+                                    "(default: the shipped bank for --task and --head-kind)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="entmtp: rate (default), entropy, static-best, "
+                                         "static (with --tree NAME of the bank) or oracle (analysis only)."),
+    signal: str | None = typer.Option(None, "--signal", help="entmtp --scheduler rate: entropy (default), accept, "
+                                      "confidence or all."),
+    task: str | None = typer.Option(None, "--task", help="entmtp: the task whose shipped bank to use without "
+                                    "--bank (humaneval, sharegpt (default), gsm8k, litbench); with --bank, a "
+                                    "warning if the bank was calibrated on another task."),
+    head_kind: str = typer.Option("hydra", "--head-kind", help="entmtp without --bank: hydra or medusa."),
     heads: str | None = typer.Option(None, "--heads", help="Heads file or folder (default: the ones shipped for the model)."),
     tree: str | None = typer.Option(None, "--tree", help="Draft tree: a shipped name or a JSON path (default mc_sim_7b_63)."),
     typical: bool = typer.Option(False, "--typical", help="With --temperature > 0: Medusa's typical acceptance. APPROXIMATE: faster, but does not preserve the model's distribution."),
@@ -65,7 +76,7 @@ def run(
     from entmtp.generate import SamplingConfig
     from entmtp.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompt_file
-    from entmtp.runner import METHODS, MethodOptions, make_decoder
+    from entmtp.runner import DEFAULT_TASK, METHODS, MethodOptions, make_decoder
 
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -79,8 +90,17 @@ def run(
     torch_device = resolve_device(device)
     prompts = read_prompt_file(prompt_file)
     loaded = load_model(model, torch_dtype, torch_device)
+    if method != "entmtp" and (bank or scheduler or signal):
+        raise UsageError("--bank, --scheduler and --signal go with --method entmtp")
+    if head_kind not in ("hydra", "medusa"):
+        raise UsageError(f"--head-kind must be hydra or medusa, not {head_kind!r}")
     decoder = make_decoder(method, loaded, MethodOptions(heads=heads, tree=tree, typical=typical,
-                                                         temperature=temperature))
+                                                         temperature=temperature, bank=bank, scheduler=scheduler,
+                                                         signal=signal, head_kind=head_kind,
+                                                         task=task or DEFAULT_TASK))
+    bank_task = getattr(getattr(decoder, "bank", None), "provenance", {}).get("task")
+    if bank and task and bank_task and bank_task != task:
+        typer.echo(f"entmtp: warning: bank {bank} was calibrated on task {bank_task!r}, not {task!r}", err=True)
     sampling = SamplingConfig(temperature=temperature, seed=seed)
     tok = loaded.tokenizer
 
@@ -129,10 +149,24 @@ def run(
             f"\n[{result.method}] {result.n_tokens} tokens in {result.seconds:.2f} s "
             f"({result.tokens_per_second:.1f} tok/s, {result.steps} steps, "
             f"{result.tokens_per_step:.2f} tokens/step, prefill {result.prefill_seconds * 1000:.0f} ms, "
-            f"stop: {result.stop_reason})"
+            f"stop: {result.stop_reason})" + _tree_share_note(result)
             + (" [typical acceptance: approximate]" if result.method.endswith("+typical") else ""),
             err=True,
         )
+
+
+def _tree_share_note(result) -> str:
+    """' trees: n0 60%, n3d3 40%; scheduler 0.02% of step time' for runs that switch trees."""
+    records = [r for r in result.records if r.scheduler_seconds is not None]
+    if not records:
+        return ""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.tree] = counts.get(r.tree, 0) + 1
+    share = ", ".join(f"{name} {100 * n / len(records):.0f}%" for name, n in
+                      sorted(counts.items(), key=lambda kv: -kv[1]))
+    overhead = sum(r.scheduler_seconds for r in records) / max(sum(r.seconds for r in records), 1e-12)
+    return f"; trees: {share}; scheduler {100 * overhead:.3f}% of step time"
 
 
 # ------------------------------------------------------------------------ bench
@@ -140,8 +174,10 @@ def run(
 def bench(
     task: str = typer.Option("humaneval", "--task", help="humaneval, sharegpt, gsm8k, litbench, a comma list, or all."),
     methods: str = typer.Option("ar,medusa,hydra,transformers,transformers-pld,llama-cpp",
-                                "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE, and the "
-                                "peers transformers, transformers-pld, llama-cpp (skipped when not installed)."),
+                                "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE; the tree-bank "
+                                "methods entmtp, rate, rate-accept, rate-confidence, rate-all, entropy, static-best, "
+                                "oracle (add @medusa for Medusa's bank); and the peers transformers, "
+                                "transformers-pld, llama-cpp (skipped when not installed)."),
     model: str | None = typer.Option(None, "--model", help="Model name, folder or .gguf (default: the default model)."),
     data: Path | None = typer.Option(None, "--data", help="Your own JSONL for one task (its native record format); "
                                         "all its records are evaluated."),
@@ -156,6 +192,8 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for results.jsonl, summary.json, summary.md."),
     resume: bool = typer.Option(False, "--resume", help="Continue the results.jsonl in --out."),
     plot: bool = typer.Option(False, "--plot", help="Also write PNG plots (needs matplotlib)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Also write analysis.md/json: Pearson r of each "
+                                  "signal with accepted length, tree share, schedulers vs the oracle, goals."),
 ) -> None:
     """Speed and quality of every method and peer on the benchmark tasks, side by side."""
     from rich.console import Console
@@ -171,7 +209,7 @@ def bench(
     cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
                       data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                       dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,
-                      exact_check=exact_check, resume=resume, plot=plot)
+                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis)
     console = Console(stderr=True)
     summary = run_bench(cfg, console)
     # Piped output gets a wide table rather than rich's 80-column wrapping.
@@ -230,16 +268,120 @@ def models_import_gguf(gguf: Path = typer.Argument(..., help="A llama-architectu
     typer.echo(f"wrote {path}")
 
 
+# -------------------------------------------------------------------- calibrate
+@app.command()
+def calibrate(
+    task: str | None = typer.Option(None, "--task", help="humaneval, sharegpt, gsm8k or litbench (its calibration split)."),
+    heads_kind: str = typer.Option("hydra", "--heads", help="medusa or hydra."),
+    recost: Path | None = typer.Option(None, "--recost", help="Only re-time the cost curve of this calibration "
+                                       "file (in place), e.g. on a quiet machine."),
+    heads_path: str | None = typer.Option(None, "--heads-path", help="Heads file or folder (default: shipped)."),
+    model: str | None = typer.Option(None, "--model"),
+    out: Path | None = typer.Option(None, "--out", help="Calibration JSON (default runs/calibration/<model>-<heads>-<task>.json)."),
+    limit: int | None = typer.Option(None, "--limit", help="First N calibration prompts."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
+    superset_nodes: int = typer.Option(64, "--superset-nodes", help="Nodes of the superset tree decoded with."),
+    window: float = typer.Option(4.0, "--window", help="EMA window W in steps (beta = 1 - 1/W)."),
+    repeats: int = typer.Option(7, "--repeats", help="Timed steps per tree for the cost curve."),
+    dtype: str = typer.Option("bf16", "--dtype"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Acceptance per (depth, rank) by signal bin, and this machine's step-cost curve."""
+    from entmtp.calibrate import recost_calibration, run_calibration, write_calibration
+    from entmtp.loader import load_model, parse_dtype, resolve_device
+
+    if recost is not None:
+        from entmtp.bank import read_calibration
+
+        document = read_calibration(recost)
+        provenance = document["provenance"]
+        loaded = load_model(model, parse_dtype(provenance["dtype"]), resolve_device(provenance["device"]))
+        document = recost_calibration(loaded, document, heads_path, repeats, log=lambda m: typer.echo(m, err=True))
+        write_calibration(document, recost)
+        typer.echo(f"rewrote the cost curve of {recost}: " + ", ".join(
+            f"{p['nodes']}n/d{p['depth']}{'+peek' if p.get('peek') else ''} {p['ms']:.1f}"
+            for p in document["cost_curve"][:8]) + " ms ...")
+        return
+    if task is None:
+        raise UsageError("--task is required (or --recost FILE)")
+    if limit is not None and limit <= 0:
+        raise UsageError(f"--limit must be positive, got {limit}")
+    if max_new_tokens <= 0 or repeats <= 0:
+        raise UsageError("--max-new-tokens and --repeats must be positive")
+    if window < 1:
+        raise UsageError(f"--window must be >= 1, got {window}")
+    loaded = load_model(model, parse_dtype(dtype), resolve_device(device))
+    document = run_calibration(loaded, heads_kind, task, heads_path=heads_path, limit=limit,
+                               max_new_tokens=max_new_tokens, superset_nodes=superset_nodes, window=window,
+                               repeats=repeats, dtype_name=dtype, log=lambda m: typer.echo(m, err=True))
+    path = out or Path("runs/calibration") / f"{loaded.folder.name}-{heads_kind}-{task}.json"
+    write_calibration(document, path)
+    steps = document["steps"]
+    typer.echo(f"wrote {path}: {len(steps['accepted'])} steps, mean accepted "
+               f"{sum(steps['accepted']) / max(len(steps['accepted']), 1):.2f} with the superset tree, "
+               f"{len(document['cost_curve'])} cost points")
+
+
 # ------------------------------------------------------------------------ trees
 @trees_app.command("show")
-def trees_show(name: str = typer.Argument(..., help="A shipped tree name or a tree JSON path.")) -> None:
-    """Render a tree with its nodes per depth."""
+def trees_show(name: str = typer.Argument(..., help="A shipped tree or bank name, or a tree/bank JSON path.")) -> None:
+    """Render a tree with its nodes per depth, or a bank with its trees and hulls."""
     from rich.console import Console
 
-    from entmtp.tree_render import render_tree
+    from entmtp.bank import list_banks, load_bank
+    from entmtp.tree_render import render_bank, render_tree
     from entmtp.trees import load_tree
 
+    if name in list_banks() or (name.endswith(".json") and _is_bank_file(Path(name))):
+        Console().print(render_bank(load_bank(name)))
+        return
     Console().print(render_tree(load_tree(name)))
+
+
+def _is_bank_file(path: Path) -> bool:
+    try:
+        return '"entmtp-bank/' in path.read_text(encoding="utf-8")[:200]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+@trees_app.command("build")
+def trees_build(
+    calibration: Path = typer.Option(..., "--calibration", help="A file written by entmtp calibrate."),
+    out: Path | None = typer.Option(None, "--out", help="Bank JSON (default: <model>-<heads>-<task>.json here)."),
+    task: str | None = typer.Option(None, "--task", help="The task the bank is for (warns if the calibration is another's)."),
+    name: str | None = typer.Option(None, "--name", help="Bank name (default <model>-<heads>-<task>)."),
+    max_nodes: int = typer.Option(128, "--max-nodes", help="Largest tree grown (limited by the superset)."),
+    bank_size: int = typer.Option(6, "--bank-size", help="Most trees in the bank."),
+    rollout_prompts: int = typer.Option(8, "--rollout-prompts", help="Calibration prompts per bank tree for the "
+                                        "self-rollout de-biasing (0 = skip; needs the model)."),
+    model: str | None = typer.Option(None, "--model"),
+    heads_path: str | None = typer.Option(None, "--heads-path"),
+) -> None:
+    """Pareto tree bank (trees, hulls, calibration tables, cost curve, ladder) from a calibration."""
+    from entmtp.bank import build_bank, read_calibration, shipped_bank_name
+    from entmtp.calibrate import self_rollout_with
+
+    if max_nodes < 1 or bank_size < 1 or rollout_prompts < 0:
+        raise UsageError("--max-nodes and --bank-size must be >= 1, --rollout-prompts >= 0")
+    document = read_calibration(calibration)
+    provenance = document["provenance"]
+    if task is not None and task != provenance.get("task"):
+        typer.echo(f"entmtp: warning: calibration {calibration} is for task {provenance.get('task')!r}, "
+                   f"not {task!r}", err=True)
+    bank_name = name or shipped_bank_name(provenance["model"]["name"], provenance["heads"]["kind"],
+                                          task or provenance["task"])
+    rollout = None
+    if rollout_prompts:
+        rollout = self_rollout_with(document, rollout_prompts, model, heads_path,
+                                    log=lambda m: typer.echo(m, err=True))
+    bank = build_bank(document, bank_name, max_nodes=max_nodes, bank_size=bank_size, self_rollout=rollout)
+    path = out or Path(f"{bank_name}.json")
+    path.write_text(json.dumps(bank, indent=1) + "\n", encoding="utf-8")
+    best = bank["static_best"]
+    typer.echo(f"wrote {path}: {len(bank['trees'])} trees "
+               f"({', '.join(t['name'] for t in bank['trees'])}), static best {best}, "
+               f"ladder {bank['ladder']['trees']} at {bank['ladder']['thresholds']}")
 
 
 @trees_app.command("list")
@@ -247,9 +389,15 @@ def trees_list() -> None:
     """Names of the shipped trees."""
     from entmtp.trees import list_trees, load_tree
 
+    from entmtp.bank import list_banks, load_bank
+
     for name in list_trees():
         tree = load_tree(name)
         typer.echo(f"{name}\t{tree.n_nodes - 1} nodes\tdepth {tree.max_depth}")
+    for name in list_banks():
+        bank = load_bank(name)
+        typer.echo(f"{name}\tbank of {len(bank.trees)} trees\t"
+                   f"{', '.join(t.name for t in bank.trees)} (static best {bank.trees[bank.static_best].name})")
 
 
 # ------------------------------------------------------------------------ heads

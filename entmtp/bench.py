@@ -60,6 +60,7 @@ class BenchConfig:
     exact_check: bool = False
     resume: bool = False
     plot: bool = False
+    analysis: bool = False
 
     def settings(self) -> dict:
         """What must match for --resume to add to an existing results.jsonl."""
@@ -167,6 +168,13 @@ def aggregate(records: list[dict]) -> dict:
     accepted = Counter(a for r in records for a in r.get("accepted", []))
     if accepted:
         row["accepted_histogram"] = {str(k): accepted[k] for k in sorted(accepted)}
+    if records and all(r.get("modeled_ms") is not None for r in records):
+        # Calibrated step times of the trees chosen: the only speed the oracle has,
+        # and the like-for-like basis for comparing a scheduler with it.
+        modeled = [(r["prefill_seconds"] or 0.0) + sum(r["modeled_ms"]) / 1000 for r in records]
+        row["modeled_tokens_per_second"] = _ratio(tokens, modeled)
+        row["scheduler_overhead"] = _ratio([r["scheduler_seconds"] for r in records],
+                                           [r["step_seconds"] for r in records])
     checked = [r for r in records if r.get("exact_vs_ar") is not None]
     if checked:
         row["exact_match_vs_ar"] = sum(r["exact_vs_ar"] for r in checked) / len(checked)
@@ -222,7 +230,7 @@ def _fmt(value, pattern="{:.1f}") -> str:
 
 
 SUMMARY_COLUMNS = ("method", "tok/s", "tok/s per prompt", "decode tok/s", "tokens/step", "ms/step",
-                   "exact vs ar", "quality", "speedup vs ar [95% CI]")
+                   "exact vs ar", "quality", "speedup vs ar [95% CI]", "modeled tok/s")
 
 
 def summary_rows(rows: dict) -> list[list[str]]:
@@ -236,6 +244,7 @@ def summary_rows(rows: dict) -> list[list[str]]:
             _fmt(row.get("ms_per_step")), _fmt(row.get("exact_match_vs_ar"), "{:.0%}"),
             "-" if quality is None else f"{quality:.1%}",
             "-" if not vs_ar else f"{vs_ar['ratio']:.2f}x [{vs_ar['ci95'][0]:.2f}, {vs_ar['ci95'][1]:.2f}]",
+            _fmt(row.get("modeled_tokens_per_second")),
         ])
     return lines
 
@@ -339,6 +348,13 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
         console.print("[yellow]--exact-check in bf16: block forwards can flip a near-tied argmax; "
                       "the contract is checked in fp32 (--dtype fp32)[/]")
 
+    # Bank methods load (and check) every task's bank now, so a missing or foreign bank stops us early.
+    for contender in contenders:
+        for task in prompts:
+            if hasattr(contender, "set_task"):
+                contender.set_task(task)
+        if hasattr(contender, "set_task"):
+            contender.set_task(next(iter(prompts)))
     tokenizer, eos = loaded.tokenizer, set(loaded.eos_token_ids)
     warm_ids = tokenizer.encode_chat("Say hello.")
     for contender in contenders:
@@ -361,6 +377,8 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
                     if (task, contender.name, record.id) in done:
                         progress.advance(bar)
                         continue
+                    if hasattr(contender, "set_task"):
+                        contender.set_task(task)
                     run = contender.generate(ids, cfg.max_new_tokens)
                     result = _record(cfg, task, record, contender.name, run, ids, tokenizer, eos, settings)
                     if contender.name == "ar":
@@ -379,7 +397,22 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     if cfg.plot:
         from .bench_plots import write_plots
         write_plots(summary, records, cfg.out)
+    if cfg.analysis:
+        write_analysis(records, summary, cfg, console)
     return summary
+
+
+def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console: Console) -> None:
+    from .bench_analysis import analysis_markdown, analyze, goals
+
+    analysis = analyze(records, summary)
+    bank_methods = [m for m in cfg.methods if parse_method(m)[0] in ("entmtp", "rate", "entropy")]
+    headline = "entmtp" if "entmtp" in cfg.methods else (bank_methods[0] if bank_methods else None)
+    analysis["goals"] = {m: goals(summary, m, parse_method(m)[1]) for m in bank_methods}
+    (cfg.out / "analysis.json").write_text(json.dumps(analysis, indent=1) + "\n")
+    text = analysis_markdown(analysis, analysis["goals"].get(headline, {}), headline or "-")
+    (cfg.out / "analysis.md").write_text(text)
+    console.print(text)
 
 
 def _record(cfg: BenchConfig, task: str, record, method: str, run: Run, prompt_ids: list[int],
@@ -392,10 +425,29 @@ def _record(cfg: BenchConfig, task: str, record, method: str, run: Run, prompt_i
         "prefill_seconds": run.prefill_seconds, "steps": run.steps,
         "accepted": [s.accepted for s in run.records], "trees": [s.tree for s in run.records],
         "entropy": [None if s.root_entropy is None else round(s.root_entropy, 4) for s in run.records],
+        **_signal_columns(run.records),
         "quality": quality, "quality_metric": bench_tasks.QUALITY_NAMES.get(task) if quality is not None else None,
         "exact_vs_ar": None, "first_mismatch": None,
         "token_ids": run.token_ids, "text": text, "settings": settings,
     }
+
+
+def _signal_columns(steps) -> dict:
+    """Per-step signals, head confidence and modeled step time, for --analysis (ours only)."""
+    if not steps or steps[0].signals is None:
+        return {}
+
+    def r(value, digits=4):
+        return None if value is None else round(value, digits)
+
+    columns = {"signals": [[r(v) for v in s.signals] for s in steps],
+               "confidence": [r(s.confidence) for s in steps],
+               "path_value": [r(s.path_value, 6) for s in steps]}
+    if steps[0].modeled_ms is not None:
+        columns["modeled_ms"] = [r(s.modeled_ms, 3) for s in steps]
+        columns["scheduler_seconds"] = sum(s.scheduler_seconds or 0.0 for s in steps)
+        columns["step_seconds"] = sum(s.seconds for s in steps)
+    return columns
 
 
 def print_summary(summary: dict, console: Console) -> None:

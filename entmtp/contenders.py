@@ -18,6 +18,13 @@ from .generate import GenerationResult, StepRecord
 from .loader import LoadedModel
 
 OUR_METHODS = ("ar", "medusa", "hydra")
+# Tree-bank methods (entmtp/bank.py): the task's shipped bank for the heads after
+# "@" (hydra by default), switched by a scheduler. `entmtp` is the recommended one.
+SCHEDULER_METHODS = {
+    "entmtp": (None, None), "entropy": ("entropy", None), "rate": ("rate", "entropy"),
+    "rate-accept": ("rate", "accept"), "rate-confidence": ("rate", "confidence"), "rate-all": ("rate", "all"),
+    "static-best": ("static-best", None), "oracle": ("oracle", None),
+}
 PEERS = ("transformers", "transformers-pld", "llama-cpp")
 PLD_NGRAM_TOKENS = 10   # transformers' prompt_lookup_num_tokens
 
@@ -44,9 +51,14 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     base, _, tree = spec.partition("@")
     if base in PEERS and not tree:
         return base, None
+    if base in SCHEDULER_METHODS:
+        if tree and tree not in ("hydra", "medusa"):
+            raise UsageError(f"method {spec!r}: after '@' a bank method takes hydra or medusa, not {tree!r}")
+        return base, tree or "hydra"
     if base not in OUR_METHODS or (base == "ar" and tree):
-        names = ", ".join(OUR_METHODS + PEERS)
-        raise UsageError(f"unknown method {spec!r}; available: {names} (and medusa@TREE, hydra@TREE)")
+        names = ", ".join(OUR_METHODS + tuple(SCHEDULER_METHODS) + PEERS)
+        raise UsageError(f"unknown method {spec!r}; available: {names} (and medusa@TREE, hydra@TREE, "
+                         "BANKMETHOD@medusa)")
     return base, tree or None
 
 
@@ -56,11 +68,47 @@ class OurContender:
 
         base, tree = parse_method(name)
         self.name = name
-        self.decoder = make_decoder(base, loaded, MethodOptions(heads=heads, tree=tree))
         self.eos = loaded.eos_token_ids
+        self.decoder = make_decoder(base, loaded, MethodOptions(heads=heads, tree=tree))
+
+    def set_task(self, task: str) -> None:
+        pass
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Run:
         return Run.from_result(self.decoder.generate(prompt_ids, max_new_tokens, self.eos))
+
+
+class BankContender(OurContender):
+    """A scheduler over the current task's shipped bank; decoders are built per
+    task (each bank's buffers once) and share one copy of the heads."""
+
+    def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None,
+                 banks: dict[str, str] | None = None):
+        from .heads import load_heads
+        from .runner import shipped_heads
+
+        base, kind = parse_method(name)
+        self.name = name
+        self.eos = loaded.eos_token_ids
+        self.loaded = loaded
+        self.kind = kind
+        self.scheduler, self.signal = SCHEDULER_METHODS[base]
+        self.heads_path = heads
+        self.banks = banks or {}
+        cfg = loaded.config
+        self.heads = load_heads(heads or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
+                                vocab_size=cfg.vocab_size, kind=kind)
+        self._decoders: dict[str, object] = {}
+        self.decoder = None
+
+    def set_task(self, task: str) -> None:
+        from .runner import MethodOptions, make_bank_decoder
+
+        if task not in self._decoders:
+            options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
+                                    signal=self.signal, head_kind=self.kind, task=task)
+            self._decoders[task] = make_bank_decoder(self.loaded, options, heads=self.heads)
+        self.decoder = self._decoders[task]
 
 
 class TransformersContender:
@@ -139,6 +187,8 @@ def make_contender(name: str, loaded: LoadedModel, dtype: torch.dtype, device: t
         if device.type != "cpu":
             raise PeerMissing("the llama-cpp peer runs on the CPU only")
         return LlamaCppContender(name, loaded, torch.get_num_threads())
+    if base in SCHEDULER_METHODS:
+        return BankContender(name, loaded, (heads or {}).get(parse_method(name)[1]))
     return OurContender(name, loaded, (heads or {}).get(base))
 
 

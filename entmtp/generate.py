@@ -24,6 +24,12 @@ class StepRecord:
     tree: Optional[str]      # tree used, None for ar
     root_entropy: Optional[float]
     seconds: float
+    confidence: Optional[float] = None       # head 0's top-1 probability at the root (drafting steps)
+    path_value: Optional[float] = None       # product of the top-1 probabilities along the all-0 chain
+    scheduler_seconds: Optional[float] = None  # time spent choosing the tree (policies only)
+    modeled_ms: Optional[float] = None       # the chosen tree's calibrated step time (policies only)
+    signals: Optional[tuple] = None          # (entropy EMA, accept EMA, confidence) seen before the step
+    accepted_ranks: Optional[tuple] = None   # the accepted path as ranks per depth, () if none
 
 
 @dataclasses.dataclass

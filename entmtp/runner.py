@@ -9,7 +9,8 @@ from .errors import EntmtpError, UsageError
 from .generate import ArDecoder
 from .loader import LoadedModel
 
-METHODS = ("ar", "medusa", "hydra")
+METHODS = ("ar", "medusa", "hydra", "entmtp")
+DEFAULT_TASK = "sharegpt"         # whose shipped bank `--method entmtp` uses without --bank
 DEFAULT_TREE = "mc_sim_7b_63"
 HEADS_DIR = Path(__file__).parent / "data" / "heads"
 
@@ -21,6 +22,13 @@ class MethodOptions:
     typical: bool = False           # typical acceptance (approximate) instead of exact sampling
     temperature: float = 0.0
     top_k: int = 10
+    # --method entmtp: a bank (shipped name or JSON path; None = the shipped bank for
+    # the model, `head_kind` and `task`), its scheduler and the rate scheduler's signal.
+    bank: Optional[str] = None
+    scheduler: Optional[str] = None   # None = the recommended one (entmtp.bank.RECOMMENDED)
+    signal: Optional[str] = None
+    head_kind: str = "hydra"
+    task: str = DEFAULT_TASK
 
 
 def shipped_heads(loaded: LoadedModel, kind: str) -> Path:
@@ -41,13 +49,51 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
     from .speculative import SpeculativeDecoder, VerifyConfig
     from .trees import load_tree
 
+    if method == "entmtp":
+        return make_bank_decoder(loaded, options)
     cfg = loaded.config
     heads_path = options.heads or shipped_heads(loaded, method)
     heads = load_heads(heads_path, hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, kind=method)
     tree = load_tree(options.tree or DEFAULT_TREE)
-    if options.temperature <= 0:
-        verify = VerifyConfig("greedy")
-    else:
-        verify = VerifyConfig("typical" if options.typical else "sample", options.temperature)
+    verify = _verify_config(options)
     return SpeculativeDecoder(loaded.model, heads, tree, verify, top_k=options.top_k,
                               method=method if verify.mode != "typical" else f"{method}+typical")
+
+
+def _verify_config(options: MethodOptions):
+    from .speculative import VerifyConfig
+
+    if options.temperature <= 0:
+        return VerifyConfig("greedy")
+    return VerifyConfig("typical" if options.typical else "sample", options.temperature)
+
+
+def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
+    """EntMTP: a bank's trees switched per step by one of its schedulers.
+
+    The bank must have been calibrated for this model and these heads (checked
+    against its provenance); `heads` may be passed in already loaded."""
+    from .bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
+    from .calibrate import heads_fingerprint, model_fingerprint
+    from .heads import load_heads
+    from .speculative import SpeculativeDecoder
+
+    bank = load_bank(options.bank or shipped_bank_name(loaded.folder.name, options.head_kind, options.task))
+    kind = bank.provenance.get("heads", {}).get("kind")
+    if kind not in ("medusa", "hydra"):
+        raise EntmtpError(f"bank {bank.name!r} does not say which heads it was built for")
+    if heads is None:
+        cfg = loaded.config
+        heads = load_heads(options.heads or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
+                           vocab_size=cfg.vocab_size, kind=kind)
+    check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
+    scheduler = options.scheduler or RECOMMENDED[0]
+    signal = options.signal or RECOMMENDED[1]
+    policy = bank_policy(bank, scheduler, signal, options.tree)
+    top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
+    label = f"entmtp-{policy.name}" + (f"-{signal}" if policy.name == "rate" else "")
+    decoder = SpeculativeDecoder(loaded.model, heads, policy.trees[0], _verify_config(options), top_k=top_k,
+                                 method=f"{label}+typical" if options.typical else label, policy=policy,
+                                 signal_window=bank.window)
+    decoder.bank = bank
+    return decoder

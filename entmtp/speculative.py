@@ -28,6 +28,7 @@ from .generate import (GenerationResult, SamplingConfig, StepRecord, TokenCallba
                        check_prompt_fits, pick_token)
 from .heads import HydraHeads, MedusaHeads
 from .model import KVCache, LlamaModel
+from .scheduling import DEFAULT_WINDOW, DRAFT, Signals, SignalTracker, TreePolicy
 from .trees import Tree, TreeBuffers, medusa_candidates
 
 VERIFY_MODES = ("greedy", "typical", "sample")
@@ -64,14 +65,27 @@ class StepOutcome:
 
 class SpeculativeDecoder:
     def __init__(self, model: LlamaModel, heads: MedusaHeads | HydraHeads, tree: Tree,
-                 verify: VerifyConfig = VerifyConfig(), top_k: int = 10, method: Optional[str] = None):
-        tree.check_compatible(heads.n_heads, top_k)
+                 verify: VerifyConfig = VerifyConfig(), top_k: int = 10, method: Optional[str] = None,
+                 policy: Optional[TreePolicy] = None, signal_window: float = DEFAULT_WINDOW):
         self.model = model
         self.heads = heads.to(device=model.device, dtype=model.dtype).eval()
         self.verify_config = verify
         self.top_k = top_k
         self.method = method or heads.kind
         self._cache: Optional[KVCache] = None
+        self.policy = policy
+        self.bank = None  # the tree bank the policy came from (entmtp runs), for reports
+        self.signals = SignalTracker(signal_window)
+        self.last_confidence: Optional[torch.Tensor] = None  # [2]: head-0 top-1 prob, greedy path value
+        if policy is not None:
+            if policy.hindsight and verify.mode != "greedy":
+                raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
+            trees = list(policy.trees) + ([policy.verify_tree] if policy.hindsight else [])
+            for member in trees:  # every buffer is built here, once: a switch is a pointer swap
+                member.check_compatible(heads.n_heads, top_k)
+                member.buffers(model.device, top_k)
+            tree = policy.verify_tree if policy.hindsight else policy.trees[0]
+        tree.check_compatible(heads.n_heads, top_k)
         self.set_tree(tree)
 
     def set_tree(self, tree: Tree) -> None:
@@ -87,23 +101,49 @@ class SpeculativeDecoder:
         return logits[0, -1], hidden[0, -1]
 
     @torch.inference_mode()
-    def propose(self, root: torch.Tensor, hidden_last: torch.Tensor) -> torch.Tensor:
-        """Draft a token for every node: int64 [T], node 0 = root."""
-        model, buffers = self.model, self.buffers
+    def peek(self, root: torch.Tensor, hidden_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head output every drafting tree starts from, before the tree is chosen:
+        Medusa: all heads' (ids, probs) [n_heads, top_k]; Hydra: head 0 on the root
+        path, [1, top_k]. Row 0 column 0 of probs is head 0's top-1 probability."""
+        model = self.model
+        if isinstance(self.heads, MedusaHeads):
+            return self.heads.propose(hidden_last, model.lm_head, self.top_k)
+        return self.heads.propose_level(hidden_last, root.reshape(1, 1).to(torch.long), model.embed,
+                                        model.lm_head, self.top_k)
+
+    @torch.inference_mode()
+    def propose(self, root: torch.Tensor, hidden_last: torch.Tensor,
+                peeked: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """Draft a token for every node: int64 [T], node 0 = root. `peeked`: this
+        root's `peek` output, reused instead of running head 0 (or Medusa's heads) again."""
+        model, buffers, chain = self.model, self.buffers, self.tree.chain_depth
+        if buffers.max_depth == 0:  # root-only tree: nothing to draft, the heads do not run
+            self.last_confidence = None
+            return root.reshape(1).to(torch.long)
         if isinstance(self.heads, MedusaHeads):
             # Head i's top-k at the last accepted position fills every node of depth i+1.
-            head_ids, _ = self.heads.propose(hidden_last, model.lm_head, self.top_k)
+            head_ids, head_probs = peeked or self.heads.propose(hidden_last, model.lm_head, self.top_k)
+            top1 = head_probs[:, 0]                                      # [n_heads]
+            self.last_confidence = torch.stack([top1[0], top1[:chain].prod()])
             return medusa_candidates(root, head_ids, buffers)
         # Hydra: level by level, each head reading the tokens on its path so far.
         tokens = torch.empty(buffers.n_nodes, dtype=torch.long, device=model.device)
         tokens[0] = root
+        chain_top1 = []
         for depth in range(1, buffers.max_depth + 1):
             parents = buffers.expand_parents[depth - 1]                 # [E]
-            path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
-            child_ids, _ = self.heads.propose_level(hidden_last, path_ids, model.embed,
-                                                    model.lm_head, self.top_k)  # [E, top_k]
+            if depth == 1 and peeked is not None:  # depth 1 expands the root only: the peek
+                child_ids, child_probs = peeked
+            else:
+                path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
+                child_ids, child_probs = self.heads.propose_level(hidden_last, path_ids, model.embed,
+                                                                  model.lm_head, self.top_k)  # [E, top_k]
+            if depth <= chain:  # the all-0 chain's node is the first of its depth: slot 0
+                chain_top1.append(child_probs[0, 0])
             tokens[buffers.level_nodes[depth]] = child_ids[buffers.level_parent_slots[depth],
                                                            buffers.level_ranks[depth]]
+        top1 = torch.stack(chain_top1) if chain_top1 else None
+        self.last_confidence = None if top1 is None else torch.stack([top1[0], top1.prod()])
         return tokens
 
     def verify(self, cache: KVCache, cache_len: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,18 +227,20 @@ class SpeculativeDecoder:
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: tuple[int, ...],
                  sampling: SamplingConfig = SamplingConfig(),
                  on_tokens: Optional[TokenCallback] = None) -> GenerationResult:
-        model = self.model
+        model, policy = self.model, self.policy
         context = check_prompt_fits(model, len(prompt_ids))
-        # Leave room for a whole tree after the last committed token.
-        budget = min(max_new_tokens, context - len(prompt_ids) - self.buffers.n_nodes)
+        # Leave room for the largest tree after the last committed token.
+        widest = self.buffers.n_nodes if policy is None else max(
+            t.n_nodes for t in policy.trees + ((policy.verify_tree,) if policy.hindsight else ()))
+        budget = min(max_new_tokens, context - len(prompt_ids) - widest)
         if budget <= 0:
             budget = min(max_new_tokens, context - len(prompt_ids))
-        needed = min(context, len(prompt_ids) + budget + self.buffers.n_nodes)
+        needed = min(context, len(prompt_ids) + budget + widest)
         cache = self._cache = model.reuse_cache(self._cache, needed)
         generator = sampling.generator(model.device)
         eos = set(eos_ids)
         out: list[int] = []
-        steps_taken: list[tuple[int, torch.Tensor, float]] = []  # (accepted, root entropy [], seconds)
+        records: list[StepRecord] = []
 
         def emit(new_ids: list[int]) -> bool:
             """Append tokens up to EOS or the budget; True when generation is over."""
@@ -218,32 +260,93 @@ class SpeculativeDecoder:
         with torch.inference_mode():
             logits, hidden_last = self.prefill(cache, prompt)
             root = pick_token(logits, sampling, generator)
+            # Signals are tracked on every run (a few float ops per step) so that any
+            # run's records can be analysed; only a policy acts on them.
+            self.signals.reset()
+            self.signals.observe_entropy(float(ops.token_entropy(logits.unsqueeze(0))[0][0]))
+            if policy is not None:
+                policy.reset()
         prefill_seconds = time.perf_counter() - start
         cache_len = len(prompt_ids)
         done = emit([int(root)])
         steps = 1
         stop = "max_new_tokens"
-        while not done and cache_len + self.buffers.n_nodes <= cache.capacity:
+        while not done and cache_len + widest <= cache.capacity:
             step_start = time.perf_counter()
+            seen = self.signals.signals()
+            choice = self.choose_tree(seen)
+            scheduler_seconds = time.perf_counter() - step_start
+            peeked = None
+            if choice == DRAFT:  # two-phase policy: head 0 runs first, its confidence picks the tree
+                peeked = self.peek(root, hidden_last)
+                peek_done = time.perf_counter()
+                choice = policy.refine(float(peeked[1][0, 0]))
+                self.set_tree(policy.trees[choice])
+                scheduler_seconds += time.perf_counter() - peek_done
             with torch.inference_mode():
-                tokens = self.propose(root, hidden_last)
+                tokens = self.propose(root, hidden_last, peeked)
                 logits, hidden = self.verify(cache, cache_len, tokens)
                 # One fused pass over the logits: per-node entropy and argmax.
                 entropy, base_argmax = ops.token_entropy(logits)[:2]
                 outcome = self.accept(tokens, logits, base_argmax, generator)
+                if policy is not None and policy.hindsight:
+                    choice, outcome = self._settle_in_hindsight(outcome, tokens, base_argmax)
                 cache_len = self.commit(cache, cache_len, outcome.path)
+                # The step's signals in one host read: root entropy, head confidence, path value.
+                observed = [entropy[0]] + ([] if self.last_confidence is None else list(self.last_confidence))
+                observed = torch.stack(observed).tolist()
             done = emit(outcome.emitted)
             root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
             steps += 1
-            # Entropies stay on the device until the end: no extra host read per step.
-            steps_taken.append((len(outcome.path) - 1, entropy[0], time.perf_counter() - step_start))
+            accepted = len(outcome.path) - 1
+            confidence = observed[1] if len(observed) > 1 else None
+            self.signals.observe_entropy(observed[0])
+            if self.tree.max_depth > 0:
+                self.signals.observe_draft(accepted, confidence)
+            tree_name = self.tree.name if choice is None else policy.trees[choice].name
+            records.append(StepRecord(
+                accepted, tree_name, observed[0], time.perf_counter() - step_start,
+                confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
+                scheduler_seconds=None if policy is None else scheduler_seconds,
+                modeled_ms=None if choice is None else (
+                    policy.step_ms[choice] + (policy.peek_ms if peeked is not None and accepted == 0
+                                              and self.tree.max_depth == 0 else 0.0)),
+                signals=(seen.entropy, seen.accept, seen.confidence),
+                accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
         if out and out[-1] in eos:
             stop = "eos"
         elif not done:
             stop = "context"
         seconds = time.perf_counter() - start
-        entropies = torch.stack([e for _, e, _ in steps_taken]).tolist() if steps_taken else []
-        records = [StepRecord(accepted, self.tree.name, ent, secs)
-                   for (accepted, _, secs), ent in zip(steps_taken, entropies)]
         return GenerationResult(len(prompt_ids), out, steps, seconds, prefill_seconds, self.method,
                                 stop, records)
+
+    # ------------------------------------------------------------ tree choice
+    def choose_tree(self, signals: Optional[Signals]) -> Optional[int]:
+        """Ask the policy for this step's tree and swap it in; None without a policy."""
+        policy = self.policy
+        if policy is None:
+            return None
+        if policy.hindsight:
+            return -1
+        choice = policy.choose(signals)
+        if choice == DRAFT:
+            return choice
+        tree = policy.trees[choice]
+        if tree is not self.tree:
+            self.set_tree(tree)
+        return choice
+
+    def _settle_in_hindsight(self, outcome: StepOutcome, tokens: torch.Tensor,
+                             base_argmax: torch.Tensor) -> tuple[int, StepOutcome]:
+        """Oracle: cut the union tree's accepted path to the best bank tree's share.
+
+        Greedy only, so the kept prefix and its bonus (the base argmax after it)
+        are exactly what that tree would have produced from the same state."""
+        union = self.tree
+        ranks = union.paths[outcome.path[-1] - 1] if len(outcome.path) > 1 else ()
+        choice, keep = self.policy.settle(tuple(ranks))
+        path = outcome.path[:keep + 1]
+        bonus = base_argmax[path[-1]]
+        drafted = tokens[path[1:]].tolist() if keep else []
+        return choice, StepOutcome(path, bonus, drafted + [int(bonus)])

@@ -64,3 +64,37 @@ def render_tree(tree: Tree, stats: Optional[AcceptanceStats] = None) -> Renderab
     for node in range(1, tree.n_nodes):
         rich_nodes[node] = rich_nodes[tree.parents[node]].add(_node_label(tree, node, stats))
     return Group(header, _summary_table(tree), rich_nodes[0])
+
+
+def render_bank(bank) -> RenderableType:
+    """A bank (entmtp.bank.Bank): provenance, its trees, the ladder and both hulls."""
+    prov = bank.provenance
+    header = Text(
+        f"bank {bank.name}: model {prov.get('model', {}).get('name')}, {prov.get('heads', {}).get('kind')} heads, "
+        f"task {prov.get('task')} ({len(prov.get('prompt_ids', []))} calibration prompts), "
+        f"{prov.get('dtype')} on {prov.get('device')}, calibrated {prov.get('date')}, EMA window {bank.window:g}")
+    trees = Table(title="trees (accepted = self-rollout when measured, else biased)", title_justify="left")
+    for column in ("tree", "nodes", "depth", "accepted", "biased", "ms/step", "tok/s (model)"):
+        trees.add_column(column, justify="left" if column == "tree" else "right")
+    trees.add_column("role", min_width=21)
+    ladder_indices, thresholds = bank.ladder
+    for i, tree in enumerate(bank.trees):
+        entry = bank.document["trees"][i]
+        marks = []
+        if i == bank.static_best:
+            marks.append("static-best")
+        if i in ladder_indices:
+            marks.append(f"ladder #{ladder_indices.index(i)}")
+        trees.add_row(tree.name, str(tree.n_nodes - 1), str(tree.max_depth), f"{bank.accept[i]:.3f}",
+                      f"{entry['accept_biased']:.3f}", f"{bank.step_ms[i]:.1f}",
+                      f"{1000 * (bank.accept[i] + 1) / bank.step_ms[i]:.1f}", ", ".join(marks))
+    ladder = Text("entropy ladder (paper): " + " | ".join(
+        f"{bank.trees[i].name}" + (f" below {thresholds[k]:.3f} nats" if k < len(thresholds) else " above")
+        for k, i in enumerate(ladder_indices)))
+    hulls = Table(title="Pareto hulls over all grown candidates", title_justify="left")
+    hulls.add_column("hull")
+    hulls.add_column("(nodes, depth, value)")
+    for name, points in bank.document["hulls"].items():
+        hulls.add_row("accepted length" if name == "accept" else "tok/s (model)",
+                      " ".join(f"({n},{d},{v:g})" for n, d, v in points))
+    return Group(header, trees, ladder, hulls)

@@ -43,8 +43,8 @@ def _canonical_paths(raw_paths: Any, where: str) -> tuple[tuple[int, ...], ...]:
     """
     if not isinstance(raw_paths, (list, tuple)):
         raise EntmtpError(f"{where}: 'paths' must be a list of paths, not {type(raw_paths).__name__}")
-    if not raw_paths:
-        raise EntmtpError(f"{where}: 'paths' is empty; a tree needs at least one node below the root")
+    # An empty list is the root-only tree: a step that drafts nothing, i.e. a plain
+    # decode step inside the speculative loop (the cheapest member of a tree bank).
     paths: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
     for position, raw in enumerate(raw_paths):
@@ -164,7 +164,8 @@ class Tree:
     ranks: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)    # [T], root -1
     children: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, compare=False, repr=False)
     max_depth: int = dataclasses.field(init=False, compare=False)
-    top_k_needed: int = dataclasses.field(init=False, compare=False)  # max rank + 1
+    top_k_needed: int = dataclasses.field(init=False, compare=False)  # max rank + 1 (0: root-only)
+    chain_depth: int = dataclasses.field(init=False, compare=False)   # depth of the all-0 chain in the tree
     nodes_per_depth: tuple[int, ...] = dataclasses.field(init=False, compare=False)  # [D+1], [0] = 1
     leaves: tuple[int, ...] = dataclasses.field(init=False, compare=False, repr=False)   # [L] ascending
     # [L][D+1] node chains root..leaf padded with -1; [L] valid lengths (leaf depth + 1).
@@ -195,6 +196,11 @@ class Tree:
         for node in range(1, n_nodes):
             children[parents[node]].append(node)
         max_depth = max(depths)
+        # Length of the all-rank-0 chain [0], [0, 0], ...: the greedy path whose
+        # head probabilities give the "path value" confidence signal.
+        chain_depth = 0
+        while (0,) * (chain_depth + 1) in node_of_path:
+            chain_depth += 1
         nodes_per_depth = [0] * (max_depth + 1)
         for depth in depths:
             nodes_per_depth[depth] += 1
@@ -215,6 +221,7 @@ class Tree:
         set_field(self, "children", tuple(tuple(c) for c in children))
         set_field(self, "max_depth", max_depth)
         set_field(self, "top_k_needed", max(ranks) + 1)
+        set_field(self, "chain_depth", chain_depth)
         set_field(self, "nodes_per_depth", tuple(nodes_per_depth))
         set_field(self, "leaves", leaves)
         set_field(self, "path_nodes", tuple(path_nodes))

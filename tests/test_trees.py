@@ -229,7 +229,6 @@ def document_with(paths, **extra):
     (document_with([[0], []]), "path #1 is empty"),
     (document_with([[0], 1]), "must be a list of ranks"),
     (document_with({"0": 1}), "'paths' must be a list"),
-    (document_with([]), "'paths' is empty"),
     (document_with([[0]], extra_key=1), "unknown key.*'extra_key'"),
     ({"format": "entmtp-tree/1", "paths": [[0]]}, "missing key.*'name'"),
     (document_with([[0]], format="medusa"), "format is 'medusa'"),

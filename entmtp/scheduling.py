@@ -1,0 +1,247 @@
+"""Per-step signals and the tree policies that read them.
+
+Signals (all from work a step already does; none costs a forward):
+  entropy     bias-corrected EMA of the base model's next-token entropy at the
+              step's root (nats; from the fused entropy op of the verify pass,
+              and from the prefill logits before the first step);
+  accept      bias-corrected EMA of accepted draft length (updated only on steps
+              that draft: a root-only step accepts nothing by construction);
+  confidence  the first head's top-1 probability at the last drafting step's root
+              (one step stale: the heads run after the tree is chosen).
+
+The EMA is Adam-style: m_t = beta m_{t-1} + (1 - beta) x_t with beta = 1 - 1/W,
+reported as m_t / (1 - beta^t); reset for every prompt (reference/paper.md §4).
+
+A policy holds the trees it can pick (their buffers are built once, so a switch
+is a pointer swap in the decoder) and maps the signals to a tree index each step.
+`OraclePolicy` is different: it verifies the union of its trees and, in
+hindsight, keeps what the best tree for that step would have accepted.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Optional, Sequence
+
+from .errors import UsageError
+from .trees import Tree
+
+SIGNALS = ("entropy", "accept", "confidence")
+DEFAULT_WINDOW = 4
+
+
+class BiasCorrectedEMA:
+    def __init__(self, window: float):
+        if window < 1:
+            raise UsageError(f"EMA window must be >= 1 step, got {window}")
+        self.beta = 1.0 - 1.0 / window
+        self.reset()
+
+    def reset(self) -> None:
+        self.mean = 0.0
+        self.count = 0
+
+    def update(self, x: float) -> float:
+        self.mean = self.beta * self.mean + (1.0 - self.beta) * x
+        self.count += 1
+        return self.value
+
+    @property
+    def value(self) -> Optional[float]:
+        if self.count == 0:
+            return None
+        return self.mean / (1.0 - self.beta ** self.count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signals:
+    """What a policy sees before a step; None = not observed yet in this prompt."""
+
+    entropy: Optional[float] = None
+    accept: Optional[float] = None
+    confidence: Optional[float] = None
+
+    def get(self, name: str) -> Optional[float]:
+        return getattr(self, name)
+
+
+class SignalTracker:
+    def __init__(self, window: float = DEFAULT_WINDOW):
+        self.window = window
+        self._entropy = BiasCorrectedEMA(window)
+        self._accept = BiasCorrectedEMA(window)
+        self._confidence: Optional[float] = None
+
+    def reset(self) -> None:
+        self._entropy.reset()
+        self._accept.reset()
+        self._confidence = None
+
+    def observe_entropy(self, entropy: float) -> None:
+        self._entropy.update(entropy)
+
+    def observe_draft(self, accepted: int, confidence: Optional[float]) -> None:
+        """After a step that drafted: its accepted length and head-0 top-1 probability."""
+        self._accept.update(float(accepted))
+        if confidence is not None:
+            self._confidence = confidence
+
+    def signals(self) -> Signals:
+        return Signals(self._entropy.value, self._accept.value, self._confidence)
+
+
+# --------------------------------------------------------------------------- #
+# Policies
+# --------------------------------------------------------------------------- #
+
+class TreePolicy:
+    """Chooses one of `trees` per step. `hindsight` policies (the oracle) verify
+    `verify_tree` and cut the outcome afterwards with `settle`."""
+
+    name = "policy"
+    hindsight = False
+    peeks = False
+    peek_ms = 0.0   # modeled cost of a peek that ends in the root-only tree
+
+    def __init__(self, trees: Sequence[Tree], step_ms: Sequence[Optional[float]]):
+        if not trees:
+            raise UsageError("a tree policy needs at least one tree")
+        self.trees = tuple(trees)
+        self.step_ms = tuple(step_ms)   # modeled ms per step of each tree (None: unknown)
+
+    def reset(self) -> None:
+        pass
+
+    def choose(self, signals: Signals) -> int:
+        raise NotImplementedError
+
+
+class StaticPolicy(TreePolicy):
+    """Always the same tree (`static` with a named tree, `static-best` with the bank's best)."""
+
+    def __init__(self, tree: Tree, step_ms: Optional[float], name: str = "static"):
+        super().__init__([tree], [step_ms])
+        self.name = name
+
+    def choose(self, signals: Signals) -> int:
+        return 0
+
+
+class BinnedPolicy(TreePolicy):
+    """A signal's value -> bin (edges ascending) -> a tree index, a table lookup.
+
+    choice_by_bin[b] is the tree for bin b (len(edges) + 1 bins); `unseen` is the
+    tree while the signal has no value yet (the first steps of a prompt)."""
+
+    def __init__(self, name: str, trees: Sequence[Tree], step_ms: Sequence[Optional[float]],
+                 signal: str, edges: Sequence[float], choice_by_bin: Sequence[int], unseen: int):
+        super().__init__(trees, step_ms)
+        if signal not in SIGNALS:
+            raise UsageError(f"unknown signal {signal!r}; available: {', '.join(SIGNALS)}")
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise UsageError(f"{name}: thresholds must be strictly increasing, got {list(edges)}")
+        if len(choice_by_bin) != len(edges) + 1:
+            raise UsageError(f"{name}: {len(edges)} thresholds need {len(edges) + 1} trees, "
+                             f"got {len(choice_by_bin)}")
+        self.name = name
+        self.signal = signal
+        self.edges = tuple(float(e) for e in edges)
+        self.choice_by_bin = tuple(choice_by_bin)
+        self.unseen = unseen
+
+    def choose(self, signals: Signals) -> int:
+        value = signals.get(self.signal)
+        if value is None:
+            return self.unseen
+        return self.choice_by_bin[bisect.bisect_right(self.edges, value)]
+
+
+class JointPolicy(TreePolicy):
+    """Two signals binned jointly: choice[b_entropy][b_accept]; entropy alone until
+    the accept EMA exists."""
+
+    def __init__(self, name: str, trees: Sequence[Tree], step_ms: Sequence[Optional[float]],
+                 edges: dict[str, Sequence[float]], choice: Sequence[Sequence[int]],
+                 entropy_only: Sequence[int], unseen: int):
+        super().__init__(trees, step_ms)
+        self.name = name
+        self.entropy_edges = tuple(edges["entropy"])
+        self.accept_edges = tuple(edges["accept"])
+        self.choice = tuple(tuple(row) for row in choice)
+        self.entropy_only = tuple(entropy_only)
+        self.unseen = unseen
+
+    def choose(self, signals: Signals) -> int:
+        if signals.entropy is None:
+            return self.unseen
+        e = bisect.bisect_right(self.entropy_edges, signals.entropy)
+        if signals.accept is None:
+            return self.entropy_only[e]
+        return self.choice[e][bisect.bisect_right(self.accept_edges, signals.accept)]
+
+
+DRAFT = -2  # a first-phase choice: "draft; pick the tree once head 0 has run here"
+
+
+class PeekPolicy(TreePolicy):
+    """Two phases per step. Before the heads run: the root-only tree or "draft",
+    from a lagged signal's bin (`first_by_bin`, DRAFT or a tree index). To draft,
+    the decoder runs head 0 at this step's root (work every drafting tree needs
+    anyway) and `refine` picks the tree from head 0's top-1 probability, the
+    strongest predictor of this step's acceptance we measured."""
+
+    peeks = True
+
+    def __init__(self, name: str, trees: Sequence[Tree], step_ms: Sequence[Optional[float]], signal: str,
+                 edges: Sequence[float], first_by_bin: Sequence[int], unseen: int,
+                 now_edges: Sequence[float], now_choice: Sequence[int]):
+        super().__init__(trees, step_ms)
+        self.name = name
+        self.first = BinnedPolicy(name, trees, step_ms, signal, edges,
+                                  [c if c != DRAFT else 0 for c in first_by_bin], 0)
+        self.first_by_bin = tuple(first_by_bin)
+        self.unseen = unseen
+        if any(b <= a for a, b in zip(now_edges, now_edges[1:])) or len(now_choice) != len(now_edges) + 1:
+            raise UsageError(f"{name}: confidence bins must be increasing with one tree per bin")
+        self.now_edges = tuple(now_edges)
+        self.now_choice = tuple(now_choice)
+
+    def choose(self, signals: Signals) -> int:
+        value = signals.get(self.first.signal)
+        if value is None:
+            return self.unseen
+        return self.first_by_bin[bisect.bisect_right(self.first.edges, value)]
+
+    def refine(self, confidence: float) -> int:
+        return self.now_choice[bisect.bisect_right(self.now_edges, confidence)]
+
+
+class OraclePolicy(TreePolicy):
+    """Analysis only: verify the union of the bank's trees, then keep what the
+    tree with the best (accepted + 1) / modeled step time would have accepted.
+    Its speed is modeled (the sum of the chosen trees' step times), never measured."""
+
+    name = "oracle"
+    hindsight = True
+
+    def __init__(self, trees: Sequence[Tree], step_ms: Sequence[float], union: Tree):
+        super().__init__(trees, step_ms)
+        if any(ms is None for ms in step_ms):
+            raise UsageError("the oracle needs a modeled step time for every tree")
+        self.verify_tree = union
+        self._path_sets = [set(t.paths) for t in self.trees]
+
+    def choose(self, signals: Signals) -> int:
+        return -1   # the decoder verifies `verify_tree`
+
+    def settle(self, accepted_ranks: tuple[int, ...]) -> tuple[int, int]:
+        """Accepted rank path in the union -> (best tree index, its accepted length)."""
+        best, best_rate, best_len = 0, -1.0, 0
+        for index, (paths, ms) in enumerate(zip(self._path_sets, self.step_ms)):
+            length = 0
+            while length < len(accepted_ranks) and accepted_ranks[:length + 1] in paths:
+                length += 1
+            rate = (length + 1) / ms
+            if rate > best_rate:
+                best, best_rate, best_len = index, rate, length
+        return best, best_len
