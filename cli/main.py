@@ -54,8 +54,9 @@ def run(
                                     "(default: the shipped bank for --task and --head-kind)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="entmtp: rate (default), entropy, static-best, "
                                          "static (with --tree NAME of the bank) or oracle (analysis only)."),
-    signal: str | None = typer.Option(None, "--signal", help="entmtp --scheduler rate: entropy (default), accept, "
-                                      "confidence or all."),
+    signal: str | None = typer.Option(None, "--signal", help="entmtp --scheduler rate: now (default: head 0 runs "
+                                      "first and its top-1 probability picks the tree), entropy, accept, confidence "
+                                      "or all (entropy x accept)."),
     task: str | None = typer.Option(None, "--task", help="entmtp: the task whose shipped bank to use without "
                                     "--bank (humaneval, sharegpt (default), gsm8k, litbench); with --bank, a "
                                     "warning if the bank was calibrated on another task."),
@@ -175,7 +176,8 @@ def bench(
     task: str = typer.Option("humaneval", "--task", help="humaneval, sharegpt, gsm8k, litbench, a comma list, or all."),
     methods: str = typer.Option("ar,medusa,hydra,transformers,transformers-pld,llama-cpp",
                                 "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE; the tree-bank "
-                                "methods entmtp, rate, rate-accept, rate-confidence, rate-all, entropy, static-best, "
+                                "methods entmtp, rate, rate-accept, rate-confidence, rate-all, rate-now, entropy, "
+                                "static-best, "
                                 "oracle (add @medusa for Medusa's bank); and the peers transformers, "
                                 "transformers-pld, llama-cpp (skipped when not installed)."),
     model: str | None = typer.Option(None, "--model", help="Model name, folder or .gguf (default: the default model)."),

@@ -308,9 +308,7 @@ class SpeculativeDecoder:
                 accepted, tree_name, observed[0], time.perf_counter() - step_start,
                 confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
                 scheduler_seconds=None if policy is None else scheduler_seconds,
-                modeled_ms=None if choice is None else (
-                    policy.step_ms[choice] + (policy.peek_ms if peeked is not None and accepted == 0
-                                              and self.tree.max_depth == 0 else 0.0)),
+                modeled_ms=self._modeled_ms(choice, peeked is not None),
                 signals=(seen.entropy, seen.accept, seen.confidence),
                 accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
         if out and out[-1] in eos:
@@ -322,6 +320,14 @@ class SpeculativeDecoder:
                                 stop, records)
 
     # ------------------------------------------------------------ tree choice
+    def _modeled_ms(self, choice: Optional[int], peeked: bool) -> Optional[float]:
+        """The policy's calibrated time for this step's tree (+ the peek when a
+        two-phase policy peeked and then drafted nothing); None when unknown."""
+        if choice is None or self.policy.step_ms[choice] is None:
+            return None
+        extra = self.policy.peek_ms if peeked and self.tree.max_depth == 0 else 0.0
+        return self.policy.step_ms[choice] + extra
+
     def choose_tree(self, signals: Optional[Signals]) -> Optional[int]:
         """Ask the policy for this step's tree and swap it in; None without a policy."""
         policy = self.policy

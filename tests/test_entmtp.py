@@ -351,3 +351,81 @@ def prompt_file(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("Say hello.\n")
     return path
+
+
+# --------------------------------------------------------------------------- shipped banks, end to end
+
+def test_shipped_banks_load_and_match_the_shipped_heads(fp32_model):
+    from entmtp.bank import list_banks, shipped_bank_name
+    from entmtp.runner import MethodOptions, make_bank_decoder
+
+    names = list_banks()
+    for kind in ("hydra", "medusa"):
+        for task in ("humaneval", "sharegpt", "gsm8k", "litbench"):
+            assert shipped_bank_name("smollm2-135m-instruct", kind, task) in names
+    for task, kind in (("humaneval", "hydra"), ("litbench", "medusa")):
+        decoder = make_bank_decoder(fp32_model, MethodOptions(head_kind=kind, task=task))
+        assert decoder.bank.provenance["task"] == task and decoder.heads.kind == kind
+        assert decoder.bank.provenance["split"] == "calibration"
+
+
+def test_run_entmtp_is_exact_and_reports_tree_share(capsys, default_model_dir, prompt_file):
+    common = ["--model", str(default_model_dir), "--prompt-file", str(prompt_file), "--max-new-tokens", "24",
+              "--dtype", "fp32", "--json"]
+    code, out, err = _cli(capsys, "run", *common)
+    assert code == 0, err
+    reference = json.loads(out)["token_ids"]
+    for extra in (["--task", "gsm8k"], ["--task", "humaneval", "--scheduler", "entropy"],
+                  ["--head-kind", "medusa", "--scheduler", "oracle"]):
+        code, out, err = _cli(capsys, "run", "--method", "entmtp", "--trace", *extra, *common)
+        assert code == 0, err
+        record = json.loads(out)
+        assert record["token_ids"] == reference, extra
+        assert record["method"].startswith("entmtp-") and "trees:" in err and "scheduler" in err
+        assert all(step["signals"] is not None for step in record["trace"])
+
+
+def test_bench_bank_methods_with_analysis(capsys, default_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    methods = "ar,hydra@chain2,entmtp,entropy,static-best,oracle,rate-all@medusa"
+    code, _, err = _cli(capsys, "bench", "--model", str(default_model_dir), "--task", "gsm8k", "--limit", "1",
+                        "--max-new-tokens", "12", "--exact-check", "--methods", methods, "--out", str(out),
+                        "--analysis")
+    assert code == 0, err
+    rows = json.loads((out / "summary.json").read_text())["tasks"]["gsm8k"]
+    for method in ("entmtp", "entropy", "static-best", "oracle", "rate-all@medusa"):
+        assert rows[method]["exact_match_vs_ar"] == 1.0, method
+        assert rows[method]["modeled_tokens_per_second"] > 0 and 0 <= rows[method]["scheduler_overhead"] < 1
+    analysis = json.loads((out / "analysis.json").read_text())["tasks"]["gsm8k"]
+    assert "hydra@chain2" in analysis["correlations"]
+    assert analysis["correlations"]["hydra@chain2"]["steps"] > 0
+    assert analysis["schedulers"]["oracle"]["modeled_vs_oracle"] == pytest.approx(1.0)
+    assert "vs_static_best" in json.loads((out / "analysis.json").read_text())["goals"]["entmtp"]["gsm8k"]
+    assert "Pearson r" in (out / "analysis.md").read_text()
+
+
+def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir, tmp_path):
+    out = tmp_path / "cal.json"
+    code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--task", "gsm8k",
+                             "--heads", "medusa", "--limit", "1", "--max-new-tokens", "10",
+                             "--superset-nodes", "6", "--repeats", "1", "--out", str(out))
+    assert code == 0, err
+    document = json.loads(out.read_text())
+    provenance = document["provenance"]
+    from entmtp.bench_tasks import load_split
+    assert provenance["task"] == "gsm8k" and provenance["prompt_ids"] == load_split("gsm8k")["calibration"][:1]
+    assert provenance["heads"]["kind"] == "medusa" and provenance["dtype"] == "bf16"
+    steps = document["steps"]
+    assert len(steps["accepted"]) == len(steps["accepted_ranks"]) > 0
+    assert all(len(r) == a for r, a in zip(steps["accepted_ranks"], steps["accepted"]))
+    assert all(tuple(r[:k + 1]) in {tuple(p) for p in document["superset"]}
+               for r in steps["accepted_ranks"] for k in range(len(r)))
+    curve = document["cost_curve"]
+    assert any(p.get("peek") for p in curve) and any(p["nodes"] == 0 and not p.get("peek") for p in curve)
+    assert all(p["ms"] > 0 for p in curve)
+    # --recost keeps the statistics and re-times the curve.
+    code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--recost", str(out),
+                             "--repeats", "1")
+    assert code == 0, err
+    again = json.loads(out.read_text())
+    assert again["steps"] == steps and "cost_date" in again["provenance"]
