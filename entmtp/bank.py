@@ -44,7 +44,7 @@ SINGLE_BINS = 5                        # quantile bins per signal
 JOINT_BINS = 3                         # per signal in the entropy x accept table
 MIN_BIN_STEPS = 30                     # fewer calibration steps: fall back to the overall table
 _BANK_KEYS = {"format", "name", "provenance", "window", "trees", "static_best", "hulls", "signals",
-              "tables", "ladder", "cost_curve", "peek_ms"}
+              "tables", "ladder", "cost_curve", "peek_ms", "probe"}
 _TREE_KEYS = {"name", "paths", "nodes", "depth", "accept_biased", "accept_self_rollout", "step_ms",
               "predicted_tokens_per_second"}
 
@@ -145,7 +145,8 @@ def _tables(steps: dict, nodes: Sequence[tuple[int, ...]], edges: dict) -> dict:
     return tables
 
 
-_COLUMN = {"entropy": "entropy_ema", "accept": "accept_ema", "confidence": "confidence_prev", "now": "confidence"}
+_COLUMN = {"entropy": "entropy_ema", "accept": "accept_ema", "confidence": "confidence_prev", "probe": "probe",
+           "now": "confidence"}
 
 
 def _keyed(probability: dict) -> dict:
@@ -304,7 +305,7 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
     vote(tables["overall"], always=True)
     for signal in SIGNALS:
         for table in tables[signal]:
-            vote(table, allow_root_only=signal == "entropy")
+            vote(table, allow_root_only=signal in ("entropy", "probe"))
     for table in tables["now"]:
         vote(table, extra_root_ms=peek_ms)
     for row in tables["joint"]:
@@ -348,6 +349,7 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
         },
         "signals": {**{s: edges[s] for s in TABLE_SIGNALS}, "joint": edges["joint"]},
         "peek_ms": round(peek_ms, 3),
+        "probe": {k: v for k, v in calibration["probe"].items()},
         "tables": {"overall": trim(tables["overall"]),
                    **{s: [trim(t) for t in tables[s]] for s in TABLE_SIGNALS},
                    "joint": [[trim(t) for t in row] for row in tables["joint"]]},
@@ -372,6 +374,7 @@ class Bank:
     ladder: tuple[tuple[int, ...], tuple[float, ...]]
     window: float
     peek_ms: float
+    probe: Any
     edges: Any
     tables: Any
     provenance: Any
@@ -452,7 +455,7 @@ def _bank_from_document(document: Any, where: str) -> Bank:
     return Bank(name=str(document["name"]), trees=tuple(trees), step_ms=tuple(ms), accept=tuple(accept),
                 correction=tuple(correction), static_best=names.index(document["static_best"]),
                 ladder=(tuple(names.index(n) for n in ladder_trees), tuple(float(t) for t in thresholds)),
-                window=float(window), peek_ms=float(document["peek_ms"]), edges=edges, tables=document["tables"],
+                window=float(window), peek_ms=float(document["peek_ms"]), probe=document["probe"], edges=edges, tables=document["tables"],
                 provenance=document["provenance"], document=document)
 
 
@@ -563,10 +566,23 @@ def bank_policy(bank: Bank, scheduler: str, signal: str = "entropy", tree: Optio
                         for t in _rebin(bank, joint_edges["entropy"])]
         return JointPolicy("rate", bank.trees, ms, joint_edges, choice, entropy_only, unseen=bank.static_best)
     # accept and confidence are observed only on drafting steps: never park on root-only with them.
-    allow_root_only = signal == "entropy"
+    allow_root_only = signal in ("entropy", "probe")
     choices = [_rate_choice(bank, t, allow_root_only, overall) for t in bank.tables[signal]]
-    return BinnedPolicy("rate", bank.trees, ms, signal, bank.edges[signal], choices,
-                        unseen=_rate_choice(bank, overall, allow_root_only, overall))
+    policy = BinnedPolicy("rate", bank.trees, ms, signal, bank.edges[signal], choices,
+                          unseen=_rate_choice(bank, overall, allow_root_only, overall))
+    if signal == "probe":
+        policy.probe = bank_probe_weights(bank)
+    return policy
+
+
+def bank_probe_weights(bank: Bank):
+    import torch
+
+    weights = bank.probe.get("weights") if isinstance(bank.probe, dict) else None
+    hidden = bank.provenance.get("model", {}).get("hidden_size")
+    if not isinstance(weights, list) or len(weights) != (hidden or 0) + 1:
+        raise EntmtpError(f"bank {bank.name!r}: probe weights must be {hidden} + 1 numbers")
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _rebin(bank: Bank, edges: Sequence[float]) -> list[dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-SIGNAL_NAMES = ("entropy EMA (before)", "accept EMA (before)", "head confidence (before)")
+SIGNAL_NAMES = ("entropy EMA (before)", "accept EMA (before)", "head confidence (before)", "probe (before)")
 SAME_STEP = ("head confidence (same step)", "path value (same step)")
 POLICY_PREFIX = "entmtp-"
 
@@ -43,7 +43,7 @@ def correlations(records: list[dict]) -> dict:
         accepted.extend(r["accepted"])
         for step in r["signals"]:
             for k in range(len(SIGNAL_NAMES)):
-                before[k].append(step[k])
+                before[k].append(step[k] if k < len(step) else None)
         same[0].extend(r["confidence"])
         same[1].extend(r["path_value"])
     out = {name: pearson(column, accepted) for name, column in zip(SIGNAL_NAMES + SAME_STEP, before + same)}

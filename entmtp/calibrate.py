@@ -209,7 +209,7 @@ def step_rows(results) -> dict:
                "confidence": [], "root_entropy": [], "accepted": [], "accepted_ranks": []}
     for index, result in enumerate(results):
         for record in result.records:
-            entropy_ema, accept_ema, confidence_prev = record.signals or (None, None, None)
+            entropy_ema, accept_ema, confidence_prev = (record.signals or (None, None, None))[:3]
             columns["prompt"].append(index)
             columns["entropy_ema"].append(_round(entropy_ema))
             columns["accept_ema"].append(_round(accept_ema))
@@ -219,6 +219,51 @@ def step_rows(results) -> dict:
             columns["accepted"].append(record.accepted)
             columns["accepted_ranks"].append(list(record.accepted_ranks or ()))
     return columns
+
+
+PROBE_LAMBDAS = (30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+PROBE_FOLDS = 4
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """Ridge regression with an unpenalised bias: x [N, H] (float64), y [N] -> weights [H + 1]."""
+    mean_x, mean_y = x.mean(0), y.mean()
+    xc = x - mean_x
+    w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - mean_y))
+    return torch.cat([w, (mean_y - mean_x @ w).reshape(1)])
+
+
+def fit_probe(hidden: torch.Tensor, accepted: Sequence[int], prompt_of_step: Sequence[int]) -> dict:
+    """The probe signal: ridge regression of accepted length on the step's hidden
+    state [N, H]. The penalty is chosen by cross-validation over prompt folds (no
+    prompt is in both its fit and its test), and every step also gets an
+    out-of-fold prediction, so the tables binned on it are not fit on themselves."""
+    x = hidden.double()
+    y = torch.tensor(accepted, dtype=torch.float64)
+    folds = torch.tensor([p % PROBE_FOLDS for p in prompt_of_step])
+    best = None
+    for lam in PROBE_LAMBDAS:
+        predicted = torch.empty_like(y)
+        for fold in range(PROBE_FOLDS):
+            test = folds == fold
+            if test.all() or not test.any():
+                predicted[test] = y.mean()
+                continue
+            w = _ridge(x[~test], y[~test], lam)
+            predicted[test] = x[test] @ w[:-1] + w[-1]
+        r = _pearson(predicted, y)
+        if best is None or r > best[1]:
+            best = (lam, r, predicted)
+    lam, r, predicted = best
+    weights = _ridge(x, y, lam)
+    return {"weights": [round(float(v), 7) for v in weights], "lambda": lam, "out_of_fold_r": round(r, 4),
+            "target": "accepted length with the superset tree", "oof": [round(float(v), 5) for v in predicted]}
 
 
 def _round(value: Optional[float]) -> Optional[float]:
@@ -260,10 +305,16 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     log(f"calibrating {heads_kind} on {len(prompts)} {task} calibration prompts "
         f"(superset tree of {superset.n_nodes - 1} nodes, {max_new_tokens} new tokens)")
     started = time.perf_counter()
+    decoder.capture_hidden = []
     results = rollout(decoder, prompts, max_new_tokens, loaded.eos_token_ids,
                       lambda n: log(f"  prompt {n}/{len(prompts)}") if n % 10 == 0 else None)
     columns = step_rows(results)
     decode_seconds = time.perf_counter() - started
+    probe = fit_probe(torch.stack(decoder.capture_hidden), columns["accepted"], columns["prompt"])
+    decoder.capture_hidden = None
+    columns["probe"] = probe.pop("oof")
+    log(f"probe: ridge lambda {probe['lambda']:g}, out-of-fold r {probe['out_of_fold_r']:.3f} "
+        "with accepted length")
     probability = node_acceptance(columns["accepted_ranks"], superset.paths)
 
     cost_curve = cost_curve_for(decoder, probability, heads.n_heads, max_cost_nodes, repeats, log)
@@ -282,6 +333,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
         },
         "window": window,
         "superset": [list(p) for p in superset.paths],
+        "probe": probe,
         "steps": columns,
         "cost_curve": cost_curve,
     }

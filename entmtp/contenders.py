@@ -23,7 +23,7 @@ OUR_METHODS = ("ar", "medusa", "hydra")
 SCHEDULER_METHODS = {
     "entmtp": (None, None), "entropy": ("entropy", None), "rate": ("rate", "entropy"),
     "rate-accept": ("rate", "accept"), "rate-confidence": ("rate", "confidence"), "rate-all": ("rate", "all"),
-    "rate-now": ("rate", "now"),
+    "rate-now": ("rate", "now"), "rate-probe": ("rate", "probe"),
     "static-best": ("static-best", None), "oracle": ("oracle", None),
 }
 PEERS = ("transformers", "transformers-pld", "llama-cpp")

@@ -7,7 +7,10 @@ Signals (all from work a step already does; none costs a forward):
   accept      bias-corrected EMA of accepted draft length (updated only on steps
               that draft: a root-only step accepts nothing by construction);
   confidence  the first head's top-1 probability at the last drafting step's root
-              (one step stale: the heads run after the tree is chosen).
+              (one step stale: the heads run after the tree is chosen);
+  probe       a linear function of this step's hidden state (the heads' input),
+              fit at calibration to predict accepted length: known before the
+              heads run, and about as predictive as head 0's own confidence.
 
 The EMA is Adam-style: m_t = beta m_{t-1} + (1 - beta) x_t with beta = 1 - 1/W,
 reported as m_t / (1 - beta^t); reset for every prompt (reference/paper.md §4).
@@ -23,10 +26,12 @@ import bisect
 import dataclasses
 from typing import Optional, Sequence
 
+import torch
+
 from .errors import UsageError
 from .trees import Tree
 
-SIGNALS = ("entropy", "accept", "confidence")
+SIGNALS = ("entropy", "accept", "confidence", "probe")
 DEFAULT_WINDOW = 4
 
 
@@ -60,6 +65,7 @@ class Signals:
     entropy: Optional[float] = None
     accept: Optional[float] = None
     confidence: Optional[float] = None
+    probe: Optional[float] = None     # the bank's linear probe on this step's hidden state
 
     def get(self, name: str) -> Optional[float]:
         return getattr(self, name)
@@ -102,6 +108,7 @@ class TreePolicy:
     hindsight = False
     peeks = False
     peek_ms = 0.0   # modeled cost of a peek that ends in the root-only tree
+    probe: Optional[torch.Tensor] = None  # [H + 1] weights and bias of the probe signal, fp32
 
     def __init__(self, trees: Sequence[Tree], step_ms: Sequence[Optional[float]]):
         if not trees:

@@ -75,6 +75,7 @@ class SpeculativeDecoder:
         self._cache: Optional[KVCache] = None
         self.policy = policy
         self.bank = None  # the tree bank the policy came from (entmtp runs), for reports
+        self.capture_hidden: Optional[list] = None  # calibration: each step's hidden_last [H], fp32 CPU
         self.signals = SignalTracker(signal_window)
         self.last_confidence: Optional[torch.Tensor] = None  # [2]: head-0 top-1 prob, greedy path value
         if policy is not None:
@@ -85,6 +86,8 @@ class SpeculativeDecoder:
                 member.check_compatible(heads.n_heads, top_k)
                 member.buffers(model.device, top_k)
             tree = policy.verify_tree if policy.hindsight else policy.trees[0]
+            if policy.probe is not None:
+                policy.probe = policy.probe.to(device=model.device, dtype=torch.float32)
         tree.check_compatible(heads.n_heads, top_k)
         self.set_tree(tree)
 
@@ -274,6 +277,10 @@ class SpeculativeDecoder:
         while not done and cache_len + widest <= cache.capacity:
             step_start = time.perf_counter()
             seen = self.signals.signals()
+            if policy is not None and policy.probe is not None:
+                seen = dataclasses.replace(seen, probe=self._probe(policy.probe, hidden_last))
+            if self.capture_hidden is not None:
+                self.capture_hidden.append(hidden_last.detach().float().cpu())
             choice = self.choose_tree(seen)
             scheduler_seconds = time.perf_counter() - step_start
             peeked = None
@@ -309,7 +316,7 @@ class SpeculativeDecoder:
                 confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
                 scheduler_seconds=None if policy is None else scheduler_seconds,
                 modeled_ms=self._modeled_ms(choice, peeked is not None),
-                signals=(seen.entropy, seen.accept, seen.confidence),
+                signals=(seen.entropy, seen.accept, seen.confidence, seen.probe),
                 accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
         if out and out[-1] in eos:
             stop = "eos"
@@ -320,6 +327,11 @@ class SpeculativeDecoder:
                                 stop, records)
 
     # ------------------------------------------------------------ tree choice
+    @staticmethod
+    def _probe(weights: torch.Tensor, hidden_last: torch.Tensor) -> float:
+        """weights [H + 1] (bias last) . hidden_last [H]: one dot product, ~H flops."""
+        return float(hidden_last.float().reshape(-1) @ weights[:-1] + weights[-1])
+
     def _modeled_ms(self, choice: Optional[int], peeked: bool) -> Optional[float]:
         """The policy's calibrated time for this step's tree (+ the peek when a
         two-phase policy peeked and then drafted nothing); None when unknown."""

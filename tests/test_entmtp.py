@@ -116,7 +116,7 @@ def synthetic_calibration(seed: int = 0, steps: int = 600) -> dict:
     rng = random.Random(seed)
     superset = superset_tree(3, 4, 20)
     columns = {k: [] for k in ("prompt", "entropy_ema", "accept_ema", "confidence_prev", "confidence",
-                               "root_entropy", "accepted", "accepted_ranks")}
+                               "probe", "root_entropy", "accepted", "accepted_ranks")}
     for i in range(steps):
         entropy = rng.random() * 3
         depth = 3 if entropy < 0.8 else (1 if entropy < 1.5 and rng.random() < 0.5 else 0)
@@ -126,6 +126,7 @@ def synthetic_calibration(seed: int = 0, steps: int = 600) -> dict:
         columns["accept_ema"].append(round(depth + rng.random() * 0.1, 5))
         columns["confidence_prev"].append(round(1 - entropy / 3, 5))
         columns["confidence"].append(round(1 - entropy / 3, 5))
+        columns["probe"].append(round(3 - entropy, 5))
         columns["root_entropy"].append(round(entropy, 5))
         columns["accepted"].append(depth)
         columns["accepted_ranks"].append(ranks)
@@ -139,7 +140,8 @@ def synthetic_calibration(seed: int = 0, steps: int = 600) -> dict:
                            "heads": {"kind": "hydra", "n_heads": 3, "top_k": 4, "fingerprint": "fp"},
                            "task": "gsm8k", "split": "calibration", "prompt_ids": ["a"], "max_new_tokens": 8,
                            "dtype": "fp32", "device": "cpu", "date": "2026-11-30"},
-            "window": 4, "superset": [list(p) for p in superset.paths], "steps": columns, "cost_curve": curve}
+            "window": 4, "superset": [list(p) for p in superset.paths], "steps": columns, "cost_curve": curve,
+            "probe": {"weights": [0.0] * 9, "lambda": 100.0, "out_of_fold_r": 0.5, "target": "accepted length"}}
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,8 @@ def test_build_bank_switches_between_deep_and_root_only(synthetic_bank):
     assert bank_policy(bank, "oracle").verify_tree.n_nodes >= deep.n_nodes
     hull = document["hulls"]["throughput"]
     assert [n for n, _, _ in hull] == sorted(n for n, _, _ in hull)
+    probe = bank_policy(bank, "rate", "probe")
+    assert probe.trees[probe.choose(Signals(probe=2.9))].max_depth == 3 and probe.probe.shape == (9,)
     for signal in ("accept", "confidence", "all", "now"):
         assert isinstance(bank_policy(bank, "rate", signal), TreePolicy)
     now = bank_policy(bank, "rate", "now")
@@ -422,6 +426,7 @@ def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir,
                for r in steps["accepted_ranks"] for k in range(len(r)))
     curve = document["cost_curve"]
     assert any(p.get("peek") for p in curve) and any(p["nodes"] == 0 and not p.get("peek") for p in curve)
+    assert len(document["probe"]["weights"]) == 577 and len(steps["probe"]) == len(steps["accepted"])
     assert all(p["ms"] > 0 for p in curve)
     # --recost keeps the statistics and re-times the curve.
     code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--recost", str(out),
