@@ -383,7 +383,10 @@ def trees_build(
     best = bank["static_best"]
     typer.echo(f"wrote {path}: {len(bank['trees'])} trees "
                f"({', '.join(t['name'] for t in bank['trees'])}), static best {best}, "
-               f"ladder {bank['ladder']['trees']} at {bank['ladder']['thresholds']}")
+               f"ladder {bank['ladder']['trees']} at {bank['ladder']['thresholds']}; recommended "
+               f"{bank['recommended']['scheduler']}{':' + bank['recommended']['signal'] if bank['recommended']['signal'] else ''}"
+               f" (modeled tok/s on the calibration steps: "
+               + ", ".join(f"{k} {v:.1f}" for k, v in bank["calibration_rates"].items()) + ")")
 
 
 @trees_app.command("list")

@@ -29,8 +29,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from .calibrate import CALIBRATION_FORMAT, grow_trees, node_acceptance
 from .errors import EntmtpError, UsageError
-from .scheduling import (DRAFT, BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, SIGNALS, StaticPolicy,
-                         TreePolicy)
+from .scheduling import (DRAFT, BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, SIGNALS, Signals,
+                         StaticPolicy, TreePolicy)
 from .trees import SHIPPED_TREES_PACKAGE, Tree, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
@@ -44,7 +44,7 @@ SINGLE_BINS = 5                        # quantile bins per signal
 JOINT_BINS = 3                         # per signal in the entropy x accept table
 MIN_BIN_STEPS = 30                     # fewer calibration steps: fall back to the overall table
 _BANK_KEYS = {"format", "name", "provenance", "window", "trees", "static_best", "hulls", "signals",
-              "tables", "ladder", "cost_curve", "peek_ms", "probe"}
+              "tables", "ladder", "cost_curve", "peek_ms", "probe", "recommended", "calibration_rates"}
 _TREE_KEYS = {"name", "paths", "nodes", "depth", "accept_biased", "accept_self_rollout", "step_ms",
               "predicted_tokens_per_second"}
 
@@ -332,7 +332,7 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
     provenance["built_by"] = (f"entmtp trees build: greedy growth per depth up to {max_nodes} nodes, "
                               f"throughput hull, {len(chosen)} trees voted by signal bins, "
                               f"self-rollout: {'yes' if self_rollout else 'no'}")
-    return {
+    document = {
         "format": BANK_FORMAT,
         "name": name,
         "provenance": provenance,
@@ -356,7 +356,52 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
         "ladder": {"signal": "entropy", "trees": [chosen[i].name for i in ladder_indices],
                    "thresholds": thresholds},
         "cost_curve": calibration["cost_curve"],
+        "recommended": {"scheduler": RECOMMENDED[0], "signal": RECOMMENDED[1]},
+        "calibration_rates": {},
     }
+    # Which scheduler `--method entmtp` means for this bank: the one with the best
+    # modeled tok/s replayed over the calibration steps (never evaluation data).
+    bank = _bank_from_document(document, f"bank {name!r}")
+    rates = replay_schedulers(bank, steps)
+    document["calibration_rates"] = {k: round(v, 3) for k, v in rates.items()}
+    best = max((k for k in rates if k not in ("static-best",)), key=lambda k: rates[k])
+    if rates[best] <= rates["static-best"]:
+        best = "static-best"
+    scheduler, _, signal = best.partition(":")
+    document["recommended"] = {"scheduler": scheduler, "signal": signal or None}
+    return document
+
+
+SCHEDULER_VARIANTS = ("static-best", "entropy", "rate:entropy", "rate:accept", "rate:confidence", "rate:probe",
+                      "rate:all", "rate:now")
+
+
+def replay_schedulers(bank: Bank, steps: dict) -> dict:
+    """Modeled tok/s of each scheduler replayed over the calibration steps: each
+    step's signals (the probe's out-of-fold values) pick a tree, which is credited
+    the tokens it would have accepted there (self-rollout corrected) and charged
+    its calibrated step time (plus the peek when a two-phase policy drafts nothing)."""
+    ranks = steps["accepted_ranks"]
+    path_sets = [set(t.paths) for t in bank.trees]
+    rates = {}
+    for variant in SCHEDULER_VARIANTS:
+        scheduler, _, signal = variant.partition(":")
+        policy = bank_policy(bank, scheduler, signal or "entropy")
+        index = {t.name: i for i, t in enumerate(bank.trees)}
+        tokens = ms = 0.0
+        for i in range(len(ranks)):
+            seen = Signals(steps["entropy_ema"][i], steps["accept_ema"][i], steps["confidence_prev"][i],
+                           steps.get("probe", [None] * len(ranks))[i])
+            choice = policy.choose(seen)
+            extra = 0.0
+            if choice == DRAFT:
+                choice = policy.refine(steps["confidence"][i] or 0.0)
+                extra = policy.peek_ms if policy.trees[choice].n_nodes == 1 else 0.0
+            tree = index[policy.trees[choice].name]
+            tokens += 1.0 + bank.correction[tree] * accepted_in(path_sets[tree], ranks[i])
+            ms += bank.step_ms[tree] + extra
+        rates[variant] = 1000.0 * tokens / ms if ms else 0.0
+    return rates
 
 
 # --------------------------------------------------------------------------- #
@@ -375,6 +420,7 @@ class Bank:
     window: float
     peek_ms: float
     probe: Any
+    recommended: tuple[str, Optional[str]]
     edges: Any
     tables: Any
     provenance: Any
@@ -455,8 +501,18 @@ def _bank_from_document(document: Any, where: str) -> Bank:
     return Bank(name=str(document["name"]), trees=tuple(trees), step_ms=tuple(ms), accept=tuple(accept),
                 correction=tuple(correction), static_best=names.index(document["static_best"]),
                 ladder=(tuple(names.index(n) for n in ladder_trees), tuple(float(t) for t in thresholds)),
-                window=float(window), peek_ms=float(document["peek_ms"]), probe=document["probe"], edges=edges, tables=document["tables"],
+                window=float(window), peek_ms=float(document["peek_ms"]), probe=document["probe"],
+                recommended=_recommended(document["recommended"], where), edges=edges, tables=document["tables"],
                 provenance=document["provenance"], document=document)
+
+
+def _recommended(value: Any, where: str) -> tuple[str, Optional[str]]:
+    if not isinstance(value, dict) or value.get("scheduler") not in SCHEDULERS or value.get("scheduler") == "oracle":
+        raise EntmtpError(f"{where}: 'recommended' must name a scheduler ({', '.join(SCHEDULERS[:4])})")
+    signal = value.get("signal")
+    if signal is not None and signal not in RATE_SIGNALS:
+        raise EntmtpError(f"{where}: recommended signal {signal!r} is not one of {', '.join(RATE_SIGNALS)}")
+    return value["scheduler"], signal
 
 
 def bank_dir() -> Any:

@@ -87,8 +87,9 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
         heads = load_heads(options.heads or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
                            vocab_size=cfg.vocab_size, kind=kind)
     check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
-    scheduler = options.scheduler or RECOMMENDED[0]
-    signal = options.signal or RECOMMENDED[1]
+    # Without --scheduler: the bank's recommendation (chosen on its calibration steps).
+    scheduler = options.scheduler or bank.recommended[0]
+    signal = options.signal or bank.recommended[1] or RECOMMENDED[1]
     policy = bank_policy(bank, scheduler, signal, options.tree)
     top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
     label = f"entmtp-{policy.name}" + (f"-{signal}" if policy.name == "rate" else "")

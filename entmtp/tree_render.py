@@ -97,4 +97,12 @@ def render_bank(bank) -> RenderableType:
     for name, points in bank.document["hulls"].items():
         hulls.add_row("accepted length" if name == "accept" else "tok/s (model)",
                       " ".join(f"({n},{d},{v:g})" for n, d, v in points))
-    return Group(header, trees, ladder, hulls)
+    scheduler, signal = bank.recommended
+    rates = bank.document.get("calibration_rates", {})
+    replay = Text(f"recommended (behind --method entmtp): {scheduler}" + (f", signal {signal}" if signal else "")
+                  + "; modeled tok/s replayed on the calibration steps: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))
+    probe = bank.probe if isinstance(bank.probe, dict) else {}
+    probe_line = Text(f"probe: ridge lambda {probe.get('lambda')}, out-of-fold r {probe.get('out_of_fold_r')} "
+                      f"with {probe.get('target')}; peek (head 0 then root-only) costs {bank.peek_ms:.1f} ms")
+    return Group(header, trees, ladder, replay, probe_line, hulls)

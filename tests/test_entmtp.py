@@ -168,6 +168,11 @@ def test_build_bank_switches_between_deep_and_root_only(synthetic_bank):
     assert list(ladder.edges) == sorted(set(ladder.edges))
     assert bank_policy(bank, "static-best").trees[0].name == document["static_best"]
     assert bank_policy(bank, "oracle").verify_tree.n_nodes >= deep.n_nodes
+    assert set(document["calibration_rates"]) >= {"static-best", "rate:probe", "rate:now", "entropy"}
+    best = max(document["calibration_rates"].values())
+    recommended = document["recommended"]
+    key = recommended["scheduler"] + (":" + recommended["signal"] if recommended["signal"] else "")
+    assert document["calibration_rates"][key] == best
     hull = document["hulls"]["throughput"]
     assert [n for n, _, _ in hull] == sorted(n for n, _, _ in hull)
     probe = bank_policy(bank, "rate", "probe")
