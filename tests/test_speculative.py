@@ -45,8 +45,8 @@ class OracleDrafts:
         self.inner = decoder.propose
         self.cache_len = prompt_len
 
-    def __call__(self, root, hidden_last):
-        tokens = self.inner(root, hidden_last)
+    def __call__(self, root, hidden_last, peeked=None):
+        tokens = self.inner(root, hidden_last, peeked)
         buffers = self.decoder.buffers
         # Emitted so far = cache_len - prompt_len + 1 (the root); node at depth d
         # guesses reference[emitted - 1 + d].
