@@ -585,6 +585,14 @@ def _rate_choice(bank: Bank, table: dict, allow_root_only: bool, fallback: dict,
 
 
 def bank_policy(bank: Bank, scheduler: str, signal: str = "entropy", tree: Optional[str] = None) -> TreePolicy:
+    """The scheduler over a bank. Every policy carries the bank's probe, so each
+    step records the probe value for `bench --analysis`, used or not (a dot product)."""
+    policy = _bank_policy(bank, scheduler, signal, tree)
+    policy.probe = bank_probe_weights(bank)
+    return policy
+
+
+def _bank_policy(bank: Bank, scheduler: str, signal: str, tree: Optional[str]) -> TreePolicy:
     ms = bank.step_ms
     if scheduler == "static-best":
         i = bank.static_best
@@ -624,11 +632,8 @@ def bank_policy(bank: Bank, scheduler: str, signal: str = "entropy", tree: Optio
     # accept and confidence are observed only on drafting steps: never park on root-only with them.
     allow_root_only = signal in ("entropy", "probe")
     choices = [_rate_choice(bank, t, allow_root_only, overall) for t in bank.tables[signal]]
-    policy = BinnedPolicy("rate", bank.trees, ms, signal, bank.edges[signal], choices,
-                          unseen=_rate_choice(bank, overall, allow_root_only, overall))
-    if signal == "probe":
-        policy.probe = bank_probe_weights(bank)
-    return policy
+    return BinnedPolicy("rate", bank.trees, ms, signal, bank.edges[signal], choices,
+                        unseen=_rate_choice(bank, overall, allow_root_only, overall))
 
 
 def bank_probe_weights(bank: Bank):
