@@ -31,7 +31,7 @@ from .calibrate import CALIBRATION_FORMAT, grow_trees, node_acceptance
 from .errors import EntmtpError, UsageError
 from .scheduling import (DRAFT, BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, SIGNALS, Signals,
                          StaticPolicy, TreePolicy)
-from .trees import SHIPPED_TREES_PACKAGE, Tree, tree_from_paths
+from .trees import SHIPPED_TREES_PACKAGE, Tree, read_text_file, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
 SCHEDULERS = ("entropy", "rate", "static-best", "static", "oracle")
@@ -193,11 +193,9 @@ def check_calibration(document: Any, where: str) -> dict:
 def read_calibration(path: Path) -> dict:
     where = f"calibration file {str(path)!r}"
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EntmtpError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EntmtpError(f"{where} cannot be read: {error}") from None
+        document = json.loads(read_text_file(Path(path), where))
+    except json.JSONDecodeError as error:
+        raise EntmtpError(f"{where} is not valid JSON: {error}") from None
     return check_calibration(document, where)
 
 
@@ -533,14 +531,8 @@ def shipped_bank_name(model_name: str, heads_kind: str, task: str) -> str:
 def load_bank(name_or_path: str | os.PathLike) -> Bank:
     text = os.fspath(name_or_path)
     if text.endswith(".json") or os.sep in text:
-        path = Path(text)
         where = f"bank file {text!r}"
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise EntmtpError(f"{where} does not exist") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise EntmtpError(f"{where} cannot be read: {error}") from None
+        raw = read_text_file(Path(text), where)
     else:
         names = list_banks()
         if text not in names:

@@ -353,22 +353,12 @@ def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = 
     decoded with that tree's own buffers (the superset's numbers are biased up:
     nodes the tree lacks steer the trajectory)."""
     from . import bench_tasks
-    from .heads import load_heads
     from .loader import load_model, parse_dtype, resolve_device
-    from .runner import shipped_heads
     from .speculative import SpeculativeDecoder
 
     provenance = calibration["provenance"]
     loaded = load_model(model, parse_dtype(provenance["dtype"]), resolve_device(provenance["device"]))
-    if loaded.folder.name != provenance["model"]["name"]:
-        raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, "
-                          f"not {loaded.folder.name!r} (pass --model)")
-    kind = provenance["heads"]["kind"]
-    cfg = loaded.config
-    heads = load_heads(heads_path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                       vocab_size=cfg.vocab_size, kind=kind)
-    if heads_fingerprint(heads) != provenance["heads"]["fingerprint"]:
-        raise EntmtpError("the calibration was made with other heads than these (fingerprints differ)")
+    heads = calibration_heads(loaded, provenance, heads_path)
     task = provenance["task"]
     by_id = {r.id: r for r in bench_tasks.load_task(task, None, bench_tasks.Skipped())}
     ids = [i for i in provenance["prompt_ids"] if i in by_id][:n_prompts]
@@ -392,19 +382,10 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
                        repeats: int = 15, log: Callable[[str], None] = print) -> dict:
     """Re-time a calibration's cost curve on this machine (quietly, with more
     rounds): the acceptance statistics stay, the cost curve and its date change."""
-    from .heads import load_heads
-    from .runner import shipped_heads
     from .speculative import SpeculativeDecoder
 
     provenance = calibration["provenance"]
-    if loaded.folder.name != provenance["model"]["name"]:
-        raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, not {loaded.folder.name!r}")
-    kind = provenance["heads"]["kind"]
-    cfg = loaded.config
-    heads = load_heads(heads_path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                       vocab_size=cfg.vocab_size, kind=kind)
-    if heads_fingerprint(heads) != provenance["heads"]["fingerprint"]:
-        raise EntmtpError("the calibration was made with other heads than these (fingerprints differ)")
+    heads = calibration_heads(loaded, provenance, heads_path)
     superset = tree_from_paths("superset", [tuple(p) for p in calibration["superset"]])
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=provenance["heads"]["top_k"])
     probability = node_acceptance(calibration["steps"]["accepted_ranks"], superset.paths)
@@ -413,3 +394,21 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
     document["provenance"] = dict(provenance, cost_date=datetime.datetime.now().isoformat(timespec="seconds"),
                                   cost_repeats=repeats, threads=torch.get_num_threads())
     return document
+
+
+def calibration_heads(loaded: LoadedModel, provenance: dict, heads_path: Optional[str] = None):
+    """The heads a calibration was made with, loaded for `loaded`; refuses another
+    model or heads whose weights differ (fingerprint)."""
+    from .heads import load_heads
+    from .runner import shipped_heads
+
+    if loaded.folder.name != provenance["model"]["name"]:
+        raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, "
+                          f"not {loaded.folder.name!r} (pass --model)")
+    kind = provenance["heads"]["kind"]
+    cfg = loaded.config
+    heads = load_heads(heads_path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
+                       vocab_size=cfg.vocab_size, kind=kind)
+    if heads_fingerprint(heads) != provenance["heads"]["fingerprint"]:
+        raise EntmtpError("the calibration was made with other heads than these (fingerprints differ)")
+    return heads

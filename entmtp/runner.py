@@ -46,7 +46,7 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     from .heads import load_heads
-    from .speculative import SpeculativeDecoder, VerifyConfig
+    from .speculative import SpeculativeDecoder
     from .trees import load_tree
 
     if method == "entmtp":

@@ -356,15 +356,19 @@ def _tree_from_document(document: Any, where: str) -> Tree:
     return Tree(name=name, paths=paths, metadata=metadata)
 
 
-def _read_tree_file(path: Path) -> Tree:
-    where = f"tree file {str(path)!r}"
+def read_text_file(path: Path, where: str) -> str:
+    """A UTF-8 file's text, or one EntmtpError naming `where` (\"tree file 'x.json'\")."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EntmtpError(f"{where} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise EntmtpError(f"{where} cannot be read: {error}") from None
-    return _tree_from_text(text, where)
+
+
+def _read_tree_file(path: Path) -> Tree:
+    where = f"tree file {str(path)!r}"
+    return _tree_from_text(read_text_file(path, where), where)
 
 
 def _tree_from_text(text: str, where: str) -> Tree:

@@ -291,18 +291,8 @@ def test_switching_every_step_is_token_identical_to_ar(fp32_model, kind):
 
 # --------------------------------------------------------------------------- command line
 
-def _cli(capsys, *args):
-    from entmtp_cli.main import main
-
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_error_line(err: str, needle: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("entmtp: error: ") and needle in lines[0], err
+from test_cli import _one_error_line  # noqa: E402
+from test_cli import _run as _cli  # noqa: E402
 
 
 def test_trees_build_show_and_task_warning(capsys, tmp_path):
