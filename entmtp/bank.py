@@ -611,7 +611,7 @@ def _bank_policy(bank: Bank, scheduler: str, signal: str, tree: Optional[str]) -
         # Always peek: head 0 runs at the root, then the bin of its top-1 probability
         # picks the tree; root-only then costs the peek too.
         now_choice = [_rate_choice(bank, t, True, overall, bank.peek_ms) for t in bank.tables["now"]]
-        policy = PeekPolicy("rate", bank.trees, ms, "entropy", [], [DRAFT], DRAFT, bank.edges["now"], now_choice)
+        policy = PeekPolicy("rate", bank.trees, ms, bank.edges["now"], now_choice)
         policy.peek_ms = bank.peek_ms
         return policy
     if signal == "all":

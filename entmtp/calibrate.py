@@ -29,7 +29,7 @@ import torch
 from . import ops
 from .errors import EntmtpError, UsageError
 from .loader import LoadedModel
-from .scheduling import DEFAULT_WINDOW, StaticPolicy
+from .scheduling import DEFAULT_WINDOW
 from .trees import Tree, tree_from_paths
 
 CALIBRATION_FORMAT = "entmtp-calibration/1"
@@ -279,8 +279,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
                     window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
                     dtype_name: str = "bf16", log: Callable[[str], None] = print) -> dict:
     from . import bench_tasks
-    from .heads import load_heads
-    from .runner import shipped_heads
+    from .runner import load_model_heads
     from .speculative import SpeculativeDecoder
 
     if task not in bench_tasks.TASKS:
@@ -294,13 +293,11 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     records = records[:limit] if limit else records
     if not records:
         raise EntmtpError(f"task {task!r} has no calibration prompts")
-    cfg = loaded.config
-    heads = load_heads(heads_path or shipped_heads(loaded, heads_kind), hidden_size=cfg.hidden_size,
-                       vocab_size=cfg.vocab_size, kind=heads_kind)
+    heads = load_model_heads(loaded, heads_kind, heads_path)
     top_k = 10
     superset = superset_tree(heads.n_heads, top_k, superset_nodes)
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=top_k,
-                                 policy=StaticPolicy(superset, None), signal_window=window)
+                                 signal_window=window)
     prompts = [loaded.tokenizer.encode_chat(r.prompt) for r in records]
     log(f"calibrating {heads_kind} on {len(prompts)} {task} calibration prompts "
         f"(superset tree of {superset.n_nodes - 1} nodes, {max_new_tokens} new tokens)")
@@ -399,16 +396,12 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
 def calibration_heads(loaded: LoadedModel, provenance: dict, heads_path: Optional[str] = None):
     """The heads a calibration was made with, loaded for `loaded`; refuses another
     model or heads whose weights differ (fingerprint)."""
-    from .heads import load_heads
-    from .runner import shipped_heads
+    from .runner import load_model_heads
 
     if loaded.folder.name != provenance["model"]["name"]:
         raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, "
                           f"not {loaded.folder.name!r} (pass --model)")
-    kind = provenance["heads"]["kind"]
-    cfg = loaded.config
-    heads = load_heads(heads_path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                       vocab_size=cfg.vocab_size, kind=kind)
+    heads = load_model_heads(loaded, provenance["heads"]["kind"], heads_path)
     if heads_fingerprint(heads) != provenance["heads"]["fingerprint"]:
         raise EntmtpError("the calibration was made with other heads than these (fingerprints differ)")
     return heads

@@ -85,8 +85,7 @@ class BankContender(OurContender):
 
     def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None,
                  banks: dict[str, str] | None = None):
-        from .heads import load_heads
-        from .runner import shipped_heads
+        from .runner import load_model_heads
 
         base, kind = parse_method(name)
         self.name = name
@@ -96,9 +95,7 @@ class BankContender(OurContender):
         self.scheduler, self.signal = SCHEDULER_METHODS[base]
         self.heads_path = heads
         self.banks = banks or {}
-        cfg = loaded.config
-        self.heads = load_heads(heads or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                                vocab_size=cfg.vocab_size, kind=kind)
+        self.heads = load_model_heads(loaded, kind, heads)
         self._decoders: dict[str, object] = {}
         self.decoder = None
 

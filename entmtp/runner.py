@@ -40,20 +40,26 @@ def shipped_heads(loaded: LoadedModel, kind: str) -> Path:
     return folder
 
 
+def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None):
+    """Heads of `kind` for this model: from `path`, or the shipped ones; checked against its sizes."""
+    from .heads import load_heads
+
+    cfg = loaded.config
+    return load_heads(path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
+                      vocab_size=cfg.vocab_size, kind=kind)
+
+
 def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = MethodOptions()):
     if method == "ar":
         return ArDecoder(loaded.model)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    from .heads import load_heads
     from .speculative import SpeculativeDecoder
     from .trees import load_tree
 
     if method == "entmtp":
         return make_bank_decoder(loaded, options)
-    cfg = loaded.config
-    heads_path = options.heads or shipped_heads(loaded, method)
-    heads = load_heads(heads_path, hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, kind=method)
+    heads = load_model_heads(loaded, method, options.heads)
     tree = load_tree(options.tree or DEFAULT_TREE)
     verify = _verify_config(options)
     return SpeculativeDecoder(loaded.model, heads, tree, verify, top_k=options.top_k,
@@ -75,7 +81,6 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     against its provenance); `heads` may be passed in already loaded."""
     from .bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
     from .calibrate import heads_fingerprint, model_fingerprint
-    from .heads import load_heads
     from .speculative import SpeculativeDecoder
 
     bank = load_bank(options.bank or shipped_bank_name(loaded.folder.name, options.head_kind, options.task))
@@ -83,9 +88,7 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     if kind not in ("medusa", "hydra"):
         raise EntmtpError(f"bank {bank.name!r} does not say which heads it was built for")
     if heads is None:
-        cfg = loaded.config
-        heads = load_heads(options.heads or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                           vocab_size=cfg.vocab_size, kind=kind)
+        heads = load_model_heads(loaded, kind, options.heads)
     check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
     # Without --scheduler: the bank's recommendation (chosen on its calibration steps).
     scheduler = options.scheduler or bank.recommended[0]

@@ -187,37 +187,28 @@ class JointPolicy(TreePolicy):
         return self.choice[e][bisect.bisect_right(self.accept_edges, signals.accept)]
 
 
-DRAFT = -2  # a first-phase choice: "draft; pick the tree once head 0 has run here"
+DRAFT = -2  # "run head 0 first, then pick the tree" (PeekPolicy.choose)
 
 
 class PeekPolicy(TreePolicy):
-    """Two phases per step. Before the heads run: the root-only tree or "draft",
-    from a lagged signal's bin (`first_by_bin`, DRAFT or a tree index). To draft,
-    the decoder runs head 0 at this step's root (work every drafting tree needs
-    anyway) and `refine` picks the tree from head 0's top-1 probability, the
-    strongest predictor of this step's acceptance we measured."""
+    """Two phases per step: the decoder first runs head 0 at this step's root (work
+    every drafting tree needs anyway), then `refine` picks the tree from the bin of
+    head 0's top-1 probability (`now_edges` ascending, one tree index per bin). If
+    it picks the root-only tree the peek was paid for nothing: `peek_ms` models it."""
 
     peeks = True
 
-    def __init__(self, name: str, trees: Sequence[Tree], step_ms: Sequence[Optional[float]], signal: str,
-                 edges: Sequence[float], first_by_bin: Sequence[int], unseen: int,
+    def __init__(self, name: str, trees: Sequence[Tree], step_ms: Sequence[Optional[float]],
                  now_edges: Sequence[float], now_choice: Sequence[int]):
         super().__init__(trees, step_ms)
         self.name = name
-        self.first = BinnedPolicy(name, trees, step_ms, signal, edges,
-                                  [c if c != DRAFT else 0 for c in first_by_bin], 0)
-        self.first_by_bin = tuple(first_by_bin)
-        self.unseen = unseen
         if any(b <= a for a, b in zip(now_edges, now_edges[1:])) or len(now_choice) != len(now_edges) + 1:
             raise UsageError(f"{name}: confidence bins must be increasing with one tree per bin")
         self.now_edges = tuple(now_edges)
         self.now_choice = tuple(now_choice)
 
     def choose(self, signals: Signals) -> int:
-        value = signals.get(self.first.signal)
-        if value is None:
-            return self.unseen
-        return self.first_by_bin[bisect.bisect_right(self.first.edges, value)]
+        return DRAFT
 
     def refine(self, confidence: float) -> int:
         return self.now_choice[bisect.bisect_right(self.now_edges, confidence)]

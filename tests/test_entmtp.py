@@ -277,7 +277,7 @@ def test_switching_every_step_is_token_identical_to_ar(fp32_model, kind):
     assert sum(r.accepted for r in result.records) > 0      # the trained heads do get tokens accepted
     assert all(r.signals is not None and r.scheduler_seconds is not None for r in result.records)
     # Two-phase: head 0 runs first and its confidence picks the tree (root-only included).
-    peek = PeekPolicy("rate", trees, [30, 50, 90, 45], "entropy", [], [DRAFT], DRAFT, [0.2, 0.5], [0, 3, 1])
+    peek = PeekPolicy("rate", trees, [30, 50, 90, 45], [0.2, 0.5], [0, 3, 1])
     result = SpeculativeDecoder(loaded.model, heads, trees[0], policy=peek).generate(ids, 40, loaded.eos_token_ids)
     assert result.token_ids == reference.token_ids
     assert len({r.tree for r in result.records}) >= 2
