@@ -74,10 +74,10 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt on stdout instead of streamed text."),
 ) -> None:
     """Generate text for the prompts in a file."""
-    from entmtp.generate import SamplingConfig
-    from entmtp.loader import load_model, parse_dtype, resolve_device
+    from entmtp.decode.autoregressive import SamplingConfig
+    from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompt_file
-    from entmtp.runner import DEFAULT_TASK, METHODS, MethodOptions, make_decoder
+    from entmtp.decode.methods import DEFAULT_TASK, METHODS, MethodOptions, make_decoder
 
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
@@ -200,7 +200,7 @@ def bench(
     """Speed and quality of every method and peer on the benchmark tasks, side by side."""
     from rich.console import Console
 
-    from entmtp.bench import (
+    from entmtp.bench.run import (
         BenchConfig,
         parse_methods,
         parse_tasks,
@@ -229,7 +229,7 @@ def bench_step(
     no_transformers: bool = typer.Option(False, "--no-transformers", help="Skip the transformers contender."),
 ) -> None:
     """ms per decode step of our model vs transformers, interleaved in one run."""
-    from entmtp.step_bench import run_step_bench
+    from entmtp.bench.step import run_step_bench
 
     if new_tokens < 2 or repeats < 1:
         raise UsageError("--new-tokens must be >= 2 and --repeats >= 1")
@@ -243,7 +243,7 @@ def models_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from entmtp.model_registry import list_models
+    from entmtp.model.registry import list_models
 
     table = Table("name", "kind", "source", "cached", "path")
     for entry in list_models():
@@ -260,7 +260,7 @@ def models_list() -> None:
 def models_import_gguf(gguf: Path = typer.Argument(..., help="A llama-architecture .gguf file."),
                        out: Path = typer.Argument(..., help="Folder to write (must not exist).")) -> None:
     """Convert a GGUF file into a Hugging Face-style folder entmtp can load."""
-    from entmtp.gguf_import import convert_gguf
+    from entmtp.model.gguf_import import convert_gguf
 
     if not gguf.is_file():
         raise EntmtpError(f"GGUF file {gguf} does not exist")
@@ -289,11 +289,11 @@ def calibrate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Acceptance per (depth, rank) by signal bin, and this machine's step-cost curve."""
-    from entmtp.calibrate import recost_calibration, run_calibration, write_calibration
-    from entmtp.loader import load_model, parse_dtype, resolve_device
+    from entmtp.tune.calibrate import recost_calibration, run_calibration, write_calibration
+    from entmtp.model.loader import load_model, parse_dtype, resolve_device
 
     if recost is not None:
-        from entmtp.bank import read_calibration
+        from entmtp.schedule.bank import read_calibration
 
         document = read_calibration(recost)
         provenance = document["provenance"]
@@ -330,9 +330,9 @@ def trees_show(name: str = typer.Argument(..., help="A shipped tree or bank name
     """Render a tree with its nodes per depth, or a bank with its trees and hulls."""
     from rich.console import Console
 
-    from entmtp.bank import list_banks, load_bank
-    from entmtp.tree_render import render_bank, render_tree
-    from entmtp.trees import load_tree
+    from entmtp.schedule.bank import list_banks, load_bank
+    from entmtp.trees.render import render_bank, render_tree
+    from entmtp.trees.tree import load_tree
 
     if name in list_banks() or (name.endswith(".json") and _is_bank_file(Path(name))):
         Console().print(render_bank(load_bank(name)))
@@ -361,8 +361,8 @@ def trees_build(
     heads_path: str | None = typer.Option(None, "--heads-path"),
 ) -> None:
     """Pareto tree bank (trees, hulls, calibration tables, cost curve, ladder) from a calibration."""
-    from entmtp.bank import build_bank, read_calibration, shipped_bank_name
-    from entmtp.calibrate import self_rollout_with
+    from entmtp.schedule.bank import build_bank, read_calibration, shipped_bank_name
+    from entmtp.tune.calibrate import self_rollout_with
 
     if max_nodes < 1 or bank_size < 1 or rollout_prompts < 0:
         raise UsageError("--max-nodes and --bank-size must be >= 1, --rollout-prompts >= 0")
@@ -392,9 +392,9 @@ def trees_build(
 @trees_app.command("list")
 def trees_list() -> None:
     """Names of the shipped trees."""
-    from entmtp.trees import list_trees, load_tree
+    from entmtp.trees.tree import list_trees, load_tree
 
-    from entmtp.bank import list_banks, load_bank
+    from entmtp.schedule.bank import list_banks, load_bank
 
     for name in list_trees():
         tree = load_tree(name)
@@ -425,8 +425,8 @@ def heads_train(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Self-distil heads from the base model's own greedy outputs (resumable: rerun the same command)."""
-    from entmtp.loader import load_model, parse_dtype, resolve_device
-    from entmtp.train_heads import TrainConfig, train_heads
+    from entmtp.model.loader import load_model, parse_dtype, resolve_device
+    from entmtp.heads.train import TrainConfig, train_heads
 
     cfg = TrainConfig(kind=kind, n_heads=n_heads, n_layers=n_layers, sharegpt_prompts=sharegpt_prompts,
                       code_prompts=code_prompts, gen_tokens=gen_tokens, steps=steps, batch_size=batch_size,
@@ -441,7 +441,7 @@ def heads_train(
                      context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def kernels_bench(ctx: typer.Context) -> None:
     """tree_attention vs SDPA and token_entropy vs torch, side by side (--help for options)."""
-    from entmtp.kernel_bench import main as bench_main
+    from entmtp.bench.kernels import main as bench_main
 
     bench_main(list(ctx.args))
 

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (loading the library registers torch.ops.entmtp.*)
+from entmtp import _C  # noqa: F401  (loading the library registers torch.ops.entmtp.*)
 
 _OPS = ("tree_attention", "token_entropy", "tree_accept", "kv_commit")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 
 def read_prompt_file(path: Path) -> list[str]:

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from entmtp.bench_tasks import SPLITS_DIR, Skipped, load_task
+from entmtp.tasks import SPLITS_DIR, Skipped, load_task
 
 SIZES = {"humaneval": (40, 124), "sharegpt": (100, 300), "gsm8k": (100, 300), "litbench": (30, 70)}
 HEADS_DIR = Path(__file__).resolve().parents[1] / "entmtp" / "data" / "heads"

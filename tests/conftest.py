@@ -25,7 +25,7 @@ def entmtp_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_gguf_path() -> Path:
-    from entmtp.model_registry import DEFAULT_MODEL, KNOWN_MODELS, find_known_gguf
+    from entmtp.model.registry import DEFAULT_MODEL, KNOWN_MODELS, find_known_gguf
 
     known = KNOWN_MODELS[DEFAULT_MODEL]
     path = find_known_gguf(known)
@@ -37,7 +37,7 @@ def default_gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir(entmtp_home, default_gguf_path) -> Path:
     """Hugging Face folder of the default model, fp32, converted once per session."""
-    from entmtp.model_registry import resolve_model
+    from entmtp.model.registry import resolve_model
 
     return resolve_model(None)
 

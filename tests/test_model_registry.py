@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import entmtp.gguf_import as gguf_import
-from entmtp import model_registry as reg
+import entmtp.model.gguf_import as gguf_import
+from entmtp.model import registry as reg
 from entmtp.errors import EntmtpError
 
 

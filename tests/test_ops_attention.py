@@ -19,7 +19,7 @@ from entmtp.reference import (
     tree_attention_ref,
     tree_bits_from_parents,
 )
-from entmtp.trees import ancestor_bits
+from entmtp.trees.tree import ancestor_bits
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,7 +1,7 @@
 """Smoke test of the kernel benchmark (entmtp.kernel_bench) at tiny sizes."""
 from __future__ import annotations
 
-from entmtp import kernel_bench
+from entmtp.bench import kernels as kernel_bench
 
 
 def test_quick_bench_runs(capsys):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entmtp.generate import ArDecoder, SamplingConfig
-from entmtp.heads import HydraHeads, MedusaHeads
-from entmtp.loader import load_model
-from entmtp.speculative import SpeculativeDecoder, VerifyConfig
-from entmtp.trees import load_tree, tree_from_paths
+from entmtp.decode.autoregressive import ArDecoder, SamplingConfig
+from entmtp.heads.modules import HydraHeads, MedusaHeads
+from entmtp.model.loader import load_model
+from entmtp.decode.speculative import SpeculativeDecoder, VerifyConfig
+from entmtp.trees.tree import load_tree, tree_from_paths
 
 PROMPTS = [
     "Write a Python function that reverses a string.",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from entmtp.errors import EntmtpError
-from entmtp.tokenizer import StreamDecoder, Tokenizer
+from entmtp.model.tokenizer import StreamDecoder, Tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

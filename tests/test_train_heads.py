@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from entmtp.datasets import stdlib_code_prompts
-from entmtp.heads import HydraHeads, MedusaHeads, load_heads
-from entmtp.loader import load_model
-from entmtp.train_heads import TrainConfig, train_heads
+from entmtp.heads.corpora import stdlib_code_prompts
+from entmtp.heads.modules import HydraHeads, MedusaHeads, load_heads
+from entmtp.model.loader import load_model
+from entmtp.heads.train import TrainConfig, train_heads
 
 
 def test_stdlib_prompts_are_code_and_not_humaneval():
@@ -99,8 +99,8 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
     """The corpus decodes equal-length prompt groups in one batch; in fp32 each
     row must be exactly what ar gives for that (trimmed) prompt, and trimming
     keeps the chat template's head and tail."""
-    from entmtp.generate import ArDecoder
-    from entmtp.train_heads import _chat_wrapper, _equal_length_batches, _generate_batch
+    from entmtp.decode.autoregressive import ArDecoder
+    from entmtp.heads.train import _chat_wrapper, _equal_length_batches, _generate_batch
 
     loaded = load_model(str(default_model_dir), torch.float32)
     tokenizer = loaded.tokenizer

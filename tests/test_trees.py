@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 
 from entmtp.errors import EntmtpError
-from entmtp.tree_render import render_tree
-from entmtp.trees import (
+from entmtp.trees.render import render_tree
+from entmtp.trees.tree import (
     Tree,
     ancestor_bits,
     list_trees,

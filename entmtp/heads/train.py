@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .datasets import load_sharegpt_first_turns, stdlib_code_prompts
-from .errors import EntmtpError
-from .heads import HydraHeads, MedusaHeads, save_heads
-from .loader import LoadedModel
+from entmtp.heads.corpora import load_sharegpt_first_turns, stdlib_code_prompts
+from entmtp.errors import EntmtpError
+from entmtp.heads.modules import HydraHeads, MedusaHeads, save_heads
+from entmtp.model.loader import LoadedModel
 
 
 @dataclasses.dataclass(frozen=True)

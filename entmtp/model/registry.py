@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from . import __version__
-from .errors import EntmtpError
+from entmtp import __version__
+from entmtp.errors import EntmtpError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "entmtp-import.json"
@@ -181,7 +181,7 @@ def _open_lock(lock_path: Path):
 
 
 def _cached_conversion(gguf: Path, folder: Path) -> Path:
-    from .gguf_import import convert_gguf
+    from entmtp.model.gguf_import import convert_gguf
 
     record = _source_record(gguf)
     if _up_to_date(folder, record):

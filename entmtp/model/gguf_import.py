@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 # Output dtypes accepted by convert_gguf (name -> torch dtype attribute name).
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}

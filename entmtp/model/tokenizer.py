@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 

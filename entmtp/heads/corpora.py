@@ -8,7 +8,7 @@ import json
 import sysconfig
 from pathlib import Path
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
 

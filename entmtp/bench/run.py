@@ -29,8 +29,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import bench_tasks
-from .contenders import (
+from entmtp import tasks
+from entmtp.bench.contenders import (
     PeerMissing,
     Run,
     exactness_comparable,
@@ -38,7 +38,7 @@ from .contenders import (
     make_contender,
     parse_method,
 )
-from .errors import EntmtpError, UsageError
+from entmtp.errors import EntmtpError, UsageError
 
 RESULTS = "results.jsonl"
 BOOTSTRAP_SAMPLES = 2000
@@ -71,10 +71,10 @@ class BenchConfig:
 def parse_tasks(text: str) -> tuple[str, ...]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     if names == ["all"]:
-        return bench_tasks.TASKS
+        return tasks.TASKS
     for name in names:
-        if name not in bench_tasks.TASKS:
-            raise UsageError(f"unknown task {name!r}; available: {', '.join(bench_tasks.TASKS)}, all")
+        if name not in tasks.TASKS:
+            raise UsageError(f"unknown task {name!r}; available: {', '.join(tasks.TASKS)}, all")
     if not names:
         raise UsageError("--task is empty")
     return tuple(dict.fromkeys(names))
@@ -207,7 +207,7 @@ def bootstrap_speedup(mine: list[dict], theirs: list[dict], rng: random.Random) 
 
 def summarize(records: list[dict], cfg: BenchConfig, machine: dict) -> dict:
     rng = random.Random(cfg.seed)
-    tasks: dict[str, dict] = {}
+    per_task: dict[str, dict] = {}
     for task in dict.fromkeys(r["task"] for r in records):
         by_method: dict[str, list[dict]] = {}
         for r in records:
@@ -219,10 +219,10 @@ def summarize(records: list[dict], cfg: BenchConfig, machine: dict) -> dict:
             row["speedup_vs"] = {other: bootstrap_speedup(mine, theirs, rng)
                                  for other, theirs in by_method.items() if other != method}
             rows[method] = row
-        tasks[task] = rows
+        per_task[task] = rows
     return {"settings": cfg.settings(), "methods": list(cfg.methods), "machine": machine,
             "litbench_data": "WritingPrompts test (a stand-in: LitBench text is not available offline)"
-            if cfg.data is None else str(cfg.data), "tasks": tasks}
+            if cfg.data is None else str(cfg.data), "tasks": per_task}
 
 
 def _fmt(value, pattern="{:.1f}") -> str:
@@ -309,11 +309,11 @@ def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
 
 # ------------------------------------------------------------------------- run
 def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
-    from .loader import load_model, parse_dtype, resolve_device
+    from entmtp.model.loader import load_model, parse_dtype, resolve_device
 
     console = console or Console(stderr=True)
     if cfg.plot:
-        from .bench_plots import require_matplotlib
+        from entmtp.bench.plots import require_matplotlib
         require_matplotlib()
     if cfg.limit is not None and cfg.limit < 1:
         raise UsageError(f"--limit must be positive, got {cfg.limit}")
@@ -324,10 +324,10 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     dtype, device = parse_dtype(cfg.dtype), resolve_device(cfg.device)
 
     # Load every task's prompts before any model work, so data problems stop us early.
-    prompts: dict[str, list[bench_tasks.TaskRecord]] = {}
+    prompts: dict[str, list[tasks.TaskRecord]] = {}
     for task in cfg.tasks:
-        skipped = bench_tasks.Skipped()
-        records = bench_tasks.select(task, bench_tasks.load_task(task, cfg.data, skipped), cfg.split,
+        skipped = tasks.Skipped()
+        records = tasks.select(task, tasks.load_task(task, cfg.data, skipped), cfg.split,
                                      cfg.data is not None)
         if skipped.lines:
             console.print(f"[yellow]{task}: skipped {len(skipped.lines)} malformed record(s) "
@@ -395,7 +395,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (cfg.out / "summary.md").write_text(summary_markdown(summary))
     if cfg.plot:
-        from .bench_plots import write_plots
+        from entmtp.bench.plots import write_plots
         write_plots(summary, records, cfg.out)
     if cfg.analysis:
         write_analysis(records, summary, cfg, console)
@@ -403,7 +403,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
 
 
 def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console: Console) -> None:
-    from .bench_analysis import analysis_markdown, analyze, goals
+    from entmtp.bench.analysis import analysis_markdown, analyze, goals
 
     analysis = analyze(records, summary)
     bank_methods = [m for m in cfg.methods if parse_method(m)[0] in ("entmtp", "rate", "entropy")]
@@ -418,7 +418,7 @@ def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console
 def _record(cfg: BenchConfig, task: str, record, method: str, run: Run, prompt_ids: list[int],
             tokenizer, eos: set[int], settings: dict) -> dict:
     text = tokenizer.decode([t for t in run.token_ids if t not in eos])
-    quality = bench_tasks.score(task, record, text)
+    quality = tasks.score(task, record, text)
     return {
         "task": task, "method": method, "prompt_id": record.id, "peer": is_peer(method),
         "prompt_tokens": len(prompt_ids), "n_tokens": len(run.token_ids), "seconds": run.seconds,
@@ -426,7 +426,7 @@ def _record(cfg: BenchConfig, task: str, record, method: str, run: Run, prompt_i
         "accepted": [s.accepted for s in run.records], "trees": [s.tree for s in run.records],
         "entropy": [None if s.root_entropy is None else round(s.root_entropy, 4) for s in run.records],
         **_signal_columns(run.records),
-        "quality": quality, "quality_metric": bench_tasks.QUALITY_NAMES.get(task) if quality is not None else None,
+        "quality": quality, "quality_metric": tasks.QUALITY_NAMES.get(task) if quality is not None else None,
         "exact_vs_ar": None, "first_mismatch": None,
         "token_ids": run.token_ids, "text": text, "settings": settings,
     }

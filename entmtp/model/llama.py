@@ -19,8 +19,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import ops, reference
-from .config import ModelConfig, rope_inverse_frequencies
+from entmtp import ops
+
+from entmtp import reference
+from entmtp.model.config import ModelConfig, rope_inverse_frequencies
 
 
 @dataclasses.dataclass

@@ -27,11 +27,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .calibrate import CALIBRATION_FORMAT, grow_trees, node_acceptance
-from .errors import EntmtpError, UsageError
-from .scheduling import (DRAFT, BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, SIGNALS, Signals,
+from entmtp.tune.calibrate import CALIBRATION_FORMAT, grow_trees, node_acceptance
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.schedule.policies import (DRAFT, BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, SIGNALS, Signals,
                          StaticPolicy, TreePolicy)
-from .trees import SHIPPED_TREES_PACKAGE, Tree, read_text_file, tree_from_paths
+from entmtp.trees.tree import SHIPPED_TREES_PACKAGE, Tree, read_text_file, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
 SCHEDULERS = ("entropy", "rate", "static-best", "static", "oracle")

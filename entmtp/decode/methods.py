@@ -5,14 +5,14 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from .errors import EntmtpError, UsageError
-from .generate import ArDecoder
-from .loader import LoadedModel
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.decode.autoregressive import ArDecoder
+from entmtp.model.loader import LoadedModel
 
 METHODS = ("ar", "medusa", "hydra", "entmtp")
 DEFAULT_TASK = "sharegpt"         # whose shipped bank `--method entmtp` uses without --bank
 DEFAULT_TREE = "mc_sim_7b_63"
-HEADS_DIR = Path(__file__).parent / "data" / "heads"
+HEADS_DIR = Path(__file__).resolve().parents[1] / "data" / "heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def shipped_heads(loaded: LoadedModel, kind: str) -> Path:
 
 def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None):
     """Heads of `kind` for this model: from `path`, or the shipped ones; checked against its sizes."""
-    from .heads import load_heads
+    from entmtp.heads.modules import load_heads
 
     cfg = loaded.config
     return load_heads(path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
@@ -54,8 +54,8 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
         return ArDecoder(loaded.model)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    from .speculative import SpeculativeDecoder
-    from .trees import load_tree
+    from entmtp.decode.speculative import SpeculativeDecoder
+    from entmtp.trees.tree import load_tree
 
     if method == "entmtp":
         return make_bank_decoder(loaded, options)
@@ -67,7 +67,7 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
 
 
 def _verify_config(options: MethodOptions):
-    from .speculative import VerifyConfig
+    from entmtp.decode.speculative import VerifyConfig
 
     if options.temperature <= 0:
         return VerifyConfig("greedy")
@@ -79,9 +79,9 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
 
     The bank must have been calibrated for this model and these heads (checked
     against its provenance); `heads` may be passed in already loaded."""
-    from .bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
-    from .calibrate import heads_fingerprint, model_fingerprint
-    from .speculative import SpeculativeDecoder
+    from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
+    from entmtp.tune.calibrate import heads_fingerprint, model_fingerprint
+    from entmtp.decode.speculative import SpeculativeDecoder
 
     bank = load_bank(options.bank or shipped_bank_name(loaded.folder.name, options.head_kind, options.task))
     kind = bank.provenance.get("heads", {}).get("kind")

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from .errors import UsageError
-from .generate import GenerationResult, StepRecord
-from .loader import LoadedModel
+from entmtp.errors import UsageError
+from entmtp.decode.autoregressive import GenerationResult, StepRecord
+from entmtp.model.loader import LoadedModel
 
 OUR_METHODS = ("ar", "medusa", "hydra")
 # Tree-bank methods (entmtp/bank.py): the task's shipped bank for the heads after
@@ -65,7 +65,7 @@ def parse_method(spec: str) -> tuple[str, str | None]:
 
 class OurContender:
     def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None):
-        from .runner import MethodOptions, make_decoder
+        from entmtp.decode.methods import MethodOptions, make_decoder
 
         base, tree = parse_method(name)
         self.name = name
@@ -85,7 +85,7 @@ class BankContender(OurContender):
 
     def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None,
                  banks: dict[str, str] | None = None):
-        from .runner import load_model_heads
+        from entmtp.decode.methods import load_model_heads
 
         base, kind = parse_method(name)
         self.name = name
@@ -100,7 +100,7 @@ class BankContender(OurContender):
         self.decoder = None
 
     def set_task(self, task: str) -> None:
-        from .runner import MethodOptions, make_bank_decoder
+        from entmtp.decode.methods import MethodOptions, make_bank_decoder
 
         if task not in self._decoders:
             options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
@@ -153,7 +153,7 @@ class LlamaCppContender:
             from llama_cpp import Llama
         except ImportError:
             raise PeerMissing("llama-cpp-python is not installed (pip install llama-cpp-python)") from None
-        from .model_registry import source_gguf
+        from entmtp.model.registry import source_gguf
 
         gguf = source_gguf(loaded.folder)
         if gguf is None:

@@ -22,14 +22,14 @@ from typing import Optional
 
 import torch
 
-from . import ops
-from .errors import UsageError
-from .generate import (GenerationResult, SamplingConfig, StepRecord, TokenCallback,
+from entmtp import ops
+from entmtp.errors import UsageError
+from entmtp.decode.autoregressive import (GenerationResult, SamplingConfig, StepRecord, TokenCallback,
                        check_prompt_fits, pick_token)
-from .heads import HydraHeads, MedusaHeads
-from .model import KVCache, LlamaModel
-from .scheduling import DEFAULT_WINDOW, DRAFT, Signals, SignalTracker, TreePolicy
-from .trees import Tree, TreeBuffers, medusa_candidates
+from entmtp.heads.modules import HydraHeads, MedusaHeads
+from entmtp.model.llama import KVCache, LlamaModel
+from entmtp.schedule.policies import DEFAULT_WINDOW, DRAFT, Signals, SignalTracker, TreePolicy
+from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
 
 VERIFY_MODES = ("greedy", "typical", "sample")
 

@@ -22,8 +22,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from .reference import causal_tree_bits, dense_mask_from_tree_bits, tree_bits_from_parents
+from entmtp import ops
+from entmtp.reference import causal_tree_bits, dense_mask_from_tree_bits, tree_bits_from_parents
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 # Peak memory bandwidth in GB/s by device-name fragment (first match wins).

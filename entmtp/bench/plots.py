@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 
 def require_matplotlib() -> None:

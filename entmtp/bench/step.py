@@ -14,8 +14,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .generate import ArDecoder
-from .loader import load_model, parse_dtype
+from entmtp.decode.autoregressive import ArDecoder
+from entmtp.model.loader import load_model, parse_dtype
 
 BENCH_PROMPT = "Write a Python function that checks whether a number is prime."
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree as RichTree
 
-from .trees import Tree
+from entmtp.trees.tree import Tree
 
 # Acceptance rates keyed by (depth, rank) head slot or by node index.
 AcceptanceStats = Mapping[Union[tuple, int], float]

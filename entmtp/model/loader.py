@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import ModelConfig
-from .errors import EntmtpError, UsageError
-from .model import LayerWeights, LlamaModel
+from entmtp.model.config import ModelConfig
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.model.llama import LayerWeights, LlamaModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
@@ -172,8 +172,8 @@ def read_eos_ids(folder: Path, tokenizer) -> tuple[int, ...]:
 
 def load_model(name_or_path: Optional[str], dtype: torch.dtype = torch.bfloat16,
                device: torch.device | str = "cpu") -> LoadedModel:
-    from .model_registry import resolve_model
-    from .tokenizer import Tokenizer
+    from entmtp.model.registry import resolve_model
+    from entmtp.model.tokenizer import Tokenizer
 
     folder = Path(resolve_model(name_or_path))
     if not folder.is_dir():

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .errors import EntmtpError
-from .reference import tree_bits_from_parents
+from entmtp.errors import EntmtpError
+from entmtp.reference import tree_bits_from_parents
 
 TREE_FORMAT = "entmtp-tree/1"
 SHIPPED_TREES_PACKAGE = "entmtp.trees_data"

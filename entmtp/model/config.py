@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import EntmtpError
+from entmtp.errors import EntmtpError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 

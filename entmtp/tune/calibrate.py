@@ -26,11 +26,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import ops
-from .errors import EntmtpError, UsageError
-from .loader import LoadedModel
-from .scheduling import DEFAULT_WINDOW
-from .trees import Tree, tree_from_paths
+from entmtp import ops
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.model.loader import LoadedModel
+from entmtp.schedule.policies import DEFAULT_WINDOW
+from entmtp.trees.tree import Tree, tree_from_paths
 
 CALIBRATION_FORMAT = "entmtp-calibration/1"
 COST_SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -278,17 +278,17 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
                     limit: Optional[int] = None, max_new_tokens: int = 96, superset_nodes: int = 64,
                     window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
                     dtype_name: str = "bf16", log: Callable[[str], None] = print) -> dict:
-    from . import bench_tasks
-    from .runner import load_model_heads
-    from .speculative import SpeculativeDecoder
+    from entmtp import tasks
+    from entmtp.decode.methods import load_model_heads
+    from entmtp.decode.speculative import SpeculativeDecoder
 
-    if task not in bench_tasks.TASKS:
-        raise UsageError(f"unknown task {task!r}; available: {', '.join(bench_tasks.TASKS)}")
+    if task not in tasks.TASKS:
+        raise UsageError(f"unknown task {task!r}; available: {', '.join(tasks.TASKS)}")
     if heads_kind not in ("medusa", "hydra"):
         raise UsageError(f"--heads must be medusa or hydra, not {heads_kind!r}")
     if superset_nodes < 2:
         raise UsageError(f"--superset-nodes must be >= 2, got {superset_nodes}")
-    records = bench_tasks.select(task, bench_tasks.load_task(task, None, bench_tasks.Skipped()), "calibration",
+    records = tasks.select(task, tasks.load_task(task, None, tasks.Skipped()), "calibration",
                                  False)
     records = records[:limit] if limit else records
     if not records:
@@ -349,15 +349,15 @@ def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = 
     accepted length per step when the calibration's first `n_prompts` prompts are
     decoded with that tree's own buffers (the superset's numbers are biased up:
     nodes the tree lacks steer the trajectory)."""
-    from . import bench_tasks
-    from .loader import load_model, parse_dtype, resolve_device
-    from .speculative import SpeculativeDecoder
+    from entmtp import tasks
+    from entmtp.model.loader import load_model, parse_dtype, resolve_device
+    from entmtp.decode.speculative import SpeculativeDecoder
 
     provenance = calibration["provenance"]
     loaded = load_model(model, parse_dtype(provenance["dtype"]), resolve_device(provenance["device"]))
     heads = calibration_heads(loaded, provenance, heads_path)
     task = provenance["task"]
-    by_id = {r.id: r for r in bench_tasks.load_task(task, None, bench_tasks.Skipped())}
+    by_id = {r.id: r for r in tasks.load_task(task, None, tasks.Skipped())}
     ids = [i for i in provenance["prompt_ids"] if i in by_id][:n_prompts]
     prompts = [loaded.tokenizer.encode_chat(by_id[i].prompt) for i in ids]
     max_new_tokens = provenance["max_new_tokens"]
@@ -379,7 +379,7 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
                        repeats: int = 15, log: Callable[[str], None] = print) -> dict:
     """Re-time a calibration's cost curve on this machine (quietly, with more
     rounds): the acceptance statistics stay, the cost curve and its date change."""
-    from .speculative import SpeculativeDecoder
+    from entmtp.decode.speculative import SpeculativeDecoder
 
     provenance = calibration["provenance"]
     heads = calibration_heads(loaded, provenance, heads_path)
@@ -396,7 +396,7 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
 def calibration_heads(loaded: LoadedModel, provenance: dict, heads_path: Optional[str] = None):
     """The heads a calibration was made with, loaded for `loaded`; refuses another
     model or heads whose weights differ (fingerprint)."""
-    from .runner import load_model_heads
+    from entmtp.decode.methods import load_model_heads
 
     if loaded.folder.name != provenance["model"]["name"]:
         raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, "

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import EntmtpError
-from .model import KVCache, LlamaModel
+from entmtp.errors import EntmtpError
+from entmtp.model.llama import KVCache, LlamaModel
 
 TokenCallback = Callable[[list[int]], None]
 

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import EntmtpError
-from .model import linear
+from entmtp.errors import EntmtpError
+from entmtp.model.llama import linear
 
 FORMAT_ID = "entmtp-heads/1"
 CONFIG_NAME = "entmtp_heads.json"

@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import UsageError
-from .trees import Tree
+from entmtp.errors import UsageError
+from entmtp.trees.tree import Tree
 
 SIGNALS = ("entropy", "accept", "confidence", "probe")
 DEFAULT_WINDOW = 4
