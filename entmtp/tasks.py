@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from entmtp.heads.corpora import _package_file, load_sharegpt_first_turns
 from entmtp.errors import EntmtpError, UsageError
+from entmtp.heads.corpora import _package_file, load_sharegpt_first_turns
 
 TASKS = ("humaneval", "sharegpt", "gsm8k", "litbench")
 SPLITS_DIR = Path(__file__).parent / "data" / "splits"

@@ -19,7 +19,7 @@ calibrate_stream() {  # every STREAMS-th combo, starting at $1
   for ((i = $1; i < ${#COMBOS[@]}; i += STREAMS)); do
     set -- ${COMBOS[$i]}
     [ -f "$(cal "$1" "$2")" ] && continue
-    OMP_NUM_THREADS=$((2 / STREAMS > 0 ? 2 / STREAMS : 1)) $ENTMTP calibrate --task "$2" --heads "$1" \
+    OMP_NUM_THREADS=$((2 / STREAMS > 0 ? 2 / STREAMS : 1)) $ENTMTP calibrate --task "$2" --head-kind "$1" \
       --limit "$LIMIT" --max-new-tokens "$TOKENS" --superset-nodes "$SUPERSET" --repeats 1 --out "$(cal "$1" "$2")"
   done
 }

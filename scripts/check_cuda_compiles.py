@@ -2,8 +2,8 @@
 """CI check: every csrc/**/*.cu compiles with nvcc against the installed torch's headers.
 
 Compile-only (no link), so it works with a CPU-only torch: the CPU wheel ships
-the CUDA headers except one generated file, which a shim provides (see
-../shared/reference/build.md §7.2). PTX-only for compute_90 (skips ptxas).
+the CUDA headers except one generated file, which a shim provides (the
+header torch writes at its own build time). PTX-only for compute_90 (skips ptxas).
 Exits 1 if any file fails; prints a skip notice and exits 0 without nvcc.
 """
 from __future__ import annotations

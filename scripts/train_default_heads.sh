@@ -11,10 +11,10 @@ OUT="${OUT:-runs/default-heads}"
 common=(--sharegpt-prompts "${PROMPTS:-600}" --code-prompts "${CODE_PROMPTS:-200}"
         --gen-tokens "${GEN_TOKENS:-128}" --steps "${STEPS:-1500}" --batch-size "${BATCH:-128}"
         --dtype "${DTYPE:-fp32}" --seed 0)
-"${ENTMTP:-entmtp}" heads train --kind medusa --out "$OUT/medusa" "${common[@]}"
+"${ENTMTP:-entmtp}" heads train --head-kind medusa --out "$OUT/medusa" "${common[@]}"
 mkdir -p "$OUT/hydra"
 cp -n "$OUT/medusa/prompts.json" "$OUT/medusa/corpus.pt" "$OUT/hydra/"
-"${ENTMTP:-entmtp}" heads train --kind hydra --out "$OUT/hydra" "${common[@]}"
+"${ENTMTP:-entmtp}" heads train --head-kind hydra --out "$OUT/hydra" "${common[@]}"
 dest=entmtp/data/heads/smollm2-135m-instruct
 mkdir -p "$dest"
 for kind in medusa hydra; do

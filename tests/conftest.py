@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 @pytest.fixture(scope="session", autouse=True)
 def entmtp_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("entmtp_home")

@@ -10,7 +10,8 @@ import pytest
 from test_cli import _one_error_line, _run  # one definition of the CLI test helpers
 
 from entmtp import tasks
-from entmtp.bench.run import bootstrap_speedup, first_mismatch
+from entmtp.bench.run import first_mismatch
+from entmtp.bench.summary import bootstrap_speedup
 
 SUMMARY_FIELDS = ("tokens_per_second", "tokens_per_step", "ms_per_step", "n_prompts", "exact_match_vs_ar",
                   "quality", "speedup_vs")
@@ -35,7 +36,7 @@ def test_recorded_splits_are_disjoint_and_resolve(task):
 
 
 def test_no_benchmark_prompt_was_used_to_train_the_shipped_heads():
-    from entmtp.decode.methods import HEADS_DIR
+    from entmtp.heads.shipped import HEADS_DIR
 
     trained = set()
     for path in HEADS_DIR.glob("*/*/training_prompts.json"):
@@ -201,7 +202,7 @@ def test_bench_unwritable_out(capsys, default_model_dir, tmp_path):
 
 
 def test_exact_check_runs_ar_first():
-    from entmtp.bench.run import parse_methods
+    from entmtp.bench.config import parse_methods
 
     assert parse_methods("hydra,ar,medusa", exact_check=True) == ("ar", "hydra", "medusa")
     assert parse_methods("hydra", exact_check=True) == ("ar", "hydra")

@@ -196,3 +196,14 @@ def test_console_script_exit_status(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     _one_error_line(proc.stderr, "does not exist")
+
+
+def test_cli_choices_match_the_package():
+    # cli/choices.py spells the lists out (importing them would pull torch into --help).
+    from entmtp.heads.modules import KINDS
+    from entmtp.schedule.bank import RATE_SIGNALS, SCHEDULERS
+    from entmtp_cli.choices import HeadKind, Scheduler, Signal
+
+    assert {c.value for c in HeadKind} == set(KINDS)
+    assert {c.value for c in Scheduler} == set(SCHEDULERS)
+    assert {c.value for c in Signal} == set(RATE_SIGNALS)

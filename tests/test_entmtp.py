@@ -7,17 +7,19 @@ import random
 import pytest
 import torch
 
-from entmtp.schedule import bank as bank_mod
-from entmtp.schedule.bank import (_bank_from_document, bank_policy, build_bank, check_bank_provenance, fit_ladder,
-                         load_bank, pareto, step_ms)
-from entmtp.tune.calibrate import (CALIBRATION_FORMAT, grow_trees, node_acceptance, superset_tree)
-from entmtp.errors import EntmtpError, UsageError
 from entmtp.decode.autoregressive import ArDecoder
-from entmtp.schedule.policies import (DRAFT, BiasCorrectedEMA, BinnedPolicy, OraclePolicy, PeekPolicy, SignalTracker,
-                               Signals, TreePolicy)
 from entmtp.decode.speculative import SpeculativeDecoder
-from entmtp.trees.tree import load_tree, tree_from_paths
-
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.schedule.bank import bank_from_document, bank_policy, check_bank_provenance, load_bank
+from entmtp.schedule.cost import step_ms
+from entmtp.schedule.policies import DRAFT, BinnedPolicy, OraclePolicy, PeekPolicy, TreePolicy
+from entmtp.schedule.signals import BiasCorrectedEMA, Signals, SignalTracker
+from entmtp.trees.files import load_tree
+from entmtp.trees.growth import grow_trees, node_acceptance, superset_tree
+from entmtp.trees.tree import tree_from_paths
+from entmtp.tune import build as bank_build
+from entmtp.tune.build import build_bank, fit_ladder, pareto
+from entmtp.tune.calibrate import CALIBRATION_FORMAT
 
 # --------------------------------------------------------------------------- signals
 
@@ -186,7 +188,7 @@ def test_build_bank_switches_between_deep_and_root_only(synthetic_bank):
 
 def test_ladder_fit_uses_only_the_calibration_steps():
     calibration = synthetic_calibration(seed=1)
-    candidates = bank_mod.candidates_from(calibration, 20)
+    candidates = bank_build.candidates_from(calibration, 20)
     trees, thresholds = fit_ladder([c for c in candidates if c.nodes in (0, 3)][:2], calibration["steps"])
     assert len(trees) == len(thresholds) + 1 and thresholds == sorted(thresholds)
 
@@ -216,7 +218,7 @@ def _broken(document, **changes):
 def test_invalid_bank_is_one_clear_error(synthetic_bank, change, message):
     _, document = synthetic_bank
     with pytest.raises(EntmtpError, match=message):
-        _bank_from_document(_broken(document, **change), "bank file 'x.json'")
+        bank_from_document(_broken(document, **change), "bank file 'x.json'")
 
 
 def test_bank_for_other_model_or_heads_is_refused(synthetic_bank):
@@ -260,8 +262,8 @@ class CyclingPolicy(TreePolicy):
 
 @pytest.mark.parametrize("kind", ["hydra", "medusa"])
 def test_switching_every_step_is_token_identical_to_ar(fp32_model, kind):
-    from entmtp.heads.modules import load_heads
-    from entmtp.decode.methods import shipped_heads
+    from entmtp.heads.formats import load_heads
+    from entmtp.heads.shipped import shipped_heads
 
     loaded = fp32_model
     cfg = loaded.config
@@ -355,8 +357,8 @@ def prompt_file(tmp_path):
 # --------------------------------------------------------------------------- shipped banks, end to end
 
 def test_shipped_banks_load_and_match_the_shipped_heads(fp32_model):
-    from entmtp.schedule.bank import list_banks, shipped_bank_name
     from entmtp.decode.methods import MethodOptions, make_bank_decoder
+    from entmtp.schedule.bank import list_banks, shipped_bank_name
 
     names = list_banks()
     for kind in ("hydra", "medusa"):
@@ -407,7 +409,7 @@ def test_bench_bank_methods_with_analysis(capsys, default_model_dir, tmp_path):
 def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir, tmp_path):
     out = tmp_path / "cal.json"
     code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--task", "humaneval",
-                             "--heads", "medusa", "--limit", "1", "--max-new-tokens", "10",
+                             "--head-kind", "medusa", "--limit", "1", "--max-new-tokens", "10",
                              "--superset-nodes", "6", "--repeats", "1", "--out", str(out))
     assert code == 0, err
     document = json.loads(out.read_text())

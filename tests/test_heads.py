@@ -2,7 +2,7 @@
 
 Upstream layouts (Medusa v0.1 .pt, Medusa "version 2" .safetensors, Medusa-2 full
 checkpoints, Hydra mlp .pt) are written here from raw random tensors with the key
-names of formats.md §1.2 / §2.2; the references below compute the heads straight
+names those projects save; the references below compute the heads straight
 from those raw tensors, one head at a time, without the module.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from entmtp.errors import EntmtpError
-from entmtp.heads.modules import (HeadsConfig, HydraHeads, MedusaHeads, load_heads, save_heads)
+from entmtp.heads.formats import HeadsConfig, load_heads, save_heads
+from entmtp.heads.modules import HydraHeads, MedusaHeads
 
 H, V = 16, 40
 

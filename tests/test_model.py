@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from entmtp.model.config import ModelConfig
-from entmtp.errors import EntmtpError
 from entmtp.decode.autoregressive import ArDecoder
+from entmtp.errors import EntmtpError
+from entmtp.model.config import ModelConfig
 from entmtp.model.loader import load_model
 from entmtp.reference import causal_tree_bits
 

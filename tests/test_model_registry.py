@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import entmtp.model.gguf_import as gguf_import
-from entmtp.model import registry as reg
 from entmtp.errors import EntmtpError
+from entmtp.model import registry as reg
 
 
 def test_cache_root_follows_entmtp_home(monkeypatch, tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entmtp.decode.autoregressive import ArDecoder, SamplingConfig
+from entmtp.decode.autoregressive import ArDecoder
+from entmtp.decode.speculative import SpeculativeDecoder, VerifyConfig
+from entmtp.decode.types import SamplingConfig
 from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.model.loader import load_model
-from entmtp.decode.speculative import SpeculativeDecoder, VerifyConfig
-from entmtp.trees.tree import load_tree, tree_from_paths
+from entmtp.trees.files import load_tree
+from entmtp.trees.tree import tree_from_paths
 
 PROMPTS = [
     "Write a Python function that reverses a string.",

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from entmtp.heads.corpora import stdlib_code_prompts
-from entmtp.heads.modules import HydraHeads, MedusaHeads, load_heads
-from entmtp.model.loader import load_model
+from entmtp.heads.formats import load_heads
+from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.heads.train import TrainConfig, train_heads
+from entmtp.model.loader import load_model
 
 
 def test_stdlib_prompts_are_code_and_not_humaneval():

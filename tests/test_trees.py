@@ -10,16 +10,9 @@ import torch
 from rich.console import Console
 
 from entmtp.errors import EntmtpError
+from entmtp.trees.files import list_trees, load_tree, save_tree
 from entmtp.trees.render import render_tree
-from entmtp.trees.tree import (
-    Tree,
-    ancestor_bits,
-    list_trees,
-    load_tree,
-    medusa_candidates,
-    save_tree,
-    tree_from_paths,
-)
+from entmtp.trees.tree import Tree, ancestor_bits, medusa_candidates, tree_from_paths
 
 TREES_DIR = Path(__file__).resolve().parent.parent / "trees"
 MC_SIM_FILE = TREES_DIR / "mc_sim_7b_63.json"

@@ -10,25 +10,11 @@ the tree is chosen and are shown for comparison.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence
+from entmtp.stats import pearson
 
 SIGNAL_NAMES = ("entropy EMA (before)", "accept EMA (before)", "head confidence (before)", "probe (before)")
 SAME_STEP = ("head confidence (same step)", "path value (same step)")
 POLICY_PREFIX = "entmtp-"
-
-
-def pearson(xs: Sequence[Optional[float]], ys: Sequence[float]) -> Optional[float]:
-    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-    if len(pairs) < 3:
-        return None
-    mx = sum(x for x, _ in pairs) / len(pairs)
-    my = sum(y for _, y in pairs) / len(pairs)
-    sxx = sum((x - mx) ** 2 for x, _ in pairs)
-    syy = sum((y - my) ** 2 for _, y in pairs)
-    if sxx <= 0 or syy <= 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in pairs) / math.sqrt(sxx * syy)
 
 
 def _fixed_tree(records: list[dict]) -> bool:

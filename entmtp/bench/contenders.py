@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from entmtp.decode.types import GenerationResult, StepRecord
 from entmtp.errors import UsageError
-from entmtp.decode.autoregressive import GenerationResult, StepRecord
 from entmtp.model.loader import LoadedModel
 
 OUR_METHODS = ("ar", "medusa", "hydra")
@@ -72,9 +72,6 @@ class OurContender:
         self.eos = loaded.eos_token_ids
         self.decoder = make_decoder(base, loaded, MethodOptions(heads=heads, tree=tree))
 
-    def set_task(self, task: str) -> None:
-        pass
-
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Run:
         return Run.from_result(self.decoder.generate(prompt_ids, max_new_tokens, self.eos))
 
@@ -85,7 +82,7 @@ class BankContender(OurContender):
 
     def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None,
                  banks: dict[str, str] | None = None):
-        from entmtp.decode.methods import load_model_heads
+        from entmtp.heads.shipped import load_model_heads
 
         base, kind = parse_method(name)
         self.name = name

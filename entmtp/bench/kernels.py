@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from entmtp import ops
 from entmtp.reference import causal_tree_bits, dense_mask_from_tree_bits, tree_bits_from_parents
+from entmtp.timing import interleaved, seconds_per_call
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 # Peak memory bandwidth in GB/s by device-name fragment (first match wins).
@@ -31,33 +31,16 @@ _PEAK_GBPS = (("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("A100-
               ("A100", 1555.0), ("L40S", 864.0), ("RTX 4090", 1008.0))
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time_once(fn: Callable[[], object], inner: int, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / inner
-
-
 def compare(ours: Callable[[], object], theirs: Callable[[], object], repeats: int, device: str,
             min_seconds: float = 0.01) -> tuple[float, float]:
     """Median seconds per call of (ours, theirs), measured alternately."""
     for fn in (ours, theirs):  # warm-up (allocator, thread pool, lazy init)
         fn()
-    probe = max(_time_once(ours, 1, device), _time_once(theirs, 1, device), 1e-7)
+    probe = max(seconds_per_call(ours, device), seconds_per_call(theirs, device), 1e-7)
     inner = max(1, int(min_seconds / probe))
-    a: List[float] = []
-    b: List[float] = []
-    for _ in range(repeats):
-        a.append(_time_once(ours, inner, device))
-        b.append(_time_once(theirs, inner, device))
-    return statistics.median(a), statistics.median(b)
+    samples = interleaved({"ours": lambda: seconds_per_call(ours, device, inner),
+                           "theirs": lambda: seconds_per_call(theirs, device, inner)}, repeats, warmup=0)
+    return statistics.median(samples["ours"]), statistics.median(samples["theirs"])
 
 
 def _fmt_ms(seconds: float) -> str:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.model.loader import load_model, parse_dtype
+from entmtp.timing import interleaved
 
 BENCH_PROMPT = "Write a Python function that checks whether a number is prime."
 
@@ -57,13 +58,10 @@ def run_step_bench(model_name: Optional[str], dtype_name: str, new_tokens: int, 
         if hf is not None:
             contenders["transformers generate"] = hf
 
-    ours(4)  # warm-up: allocate the cache, fault in the weights
-    for run in list(contenders.values())[1:]:
-        run(4)
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            samples[name].append(_ms_per_step(run, new_tokens))
+    for run in contenders.values():
+        run(4)  # warm-up: allocate the cache, fault in the weights
+    samples = interleaved({name: (lambda run=run: _ms_per_step(run, new_tokens)) for name, run in contenders.items()},
+                          repeats, warmup=0)
 
     weight_bytes = sum(t.numel() * t.element_size() for t in _weights(loaded.model))
     bandwidth = measure_read_bandwidth()

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Optional
 
-from entmtp.errors import EntmtpError, UsageError
 from entmtp.decode.autoregressive import ArDecoder
-from entmtp.model.loader import LoadedModel
+from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder, VerifyConfig
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.heads.shipped import heads_fingerprint, load_model_heads
+from entmtp.model.loader import LoadedModel, model_fingerprint
+from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
+from entmtp.trees.files import load_tree
 
 METHODS = ("ar", "medusa", "hydra", "entmtp")
 DEFAULT_TASK = "sharegpt"         # whose shipped bank `--method entmtp` uses without --bank
 DEFAULT_TREE = "mc_sim_7b_63"
-HEADS_DIR = Path(__file__).resolve().parents[1] / "data" / "heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +23,7 @@ class MethodOptions:
     tree: Optional[str] = None      # tree name or JSON path; None = DEFAULT_TREE
     typical: bool = False           # typical acceptance (approximate) instead of exact sampling
     temperature: float = 0.0
-    top_k: int = 10
+    top_k: int = DEFAULT_TOP_K
     # --method entmtp: a bank (shipped name or JSON path; None = the shipped bank for
     # the model, `head_kind` and `task`), its scheduler and the rate scheduler's signal.
     bank: Optional[str] = None
@@ -31,32 +33,11 @@ class MethodOptions:
     task: str = DEFAULT_TASK
 
 
-def shipped_heads(loaded: LoadedModel, kind: str) -> Path:
-    """The heads trained for this model and shipped in the package, by kind."""
-    folder = HEADS_DIR / loaded.folder.name / kind
-    if not folder.is_dir():
-        raise EntmtpError(f"no trained {kind} heads are shipped for model {loaded.folder.name!r}; "
-                          f"pass --heads PATH")
-    return folder
-
-
-def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None):
-    """Heads of `kind` for this model: from `path`, or the shipped ones; checked against its sizes."""
-    from entmtp.heads.modules import load_heads
-
-    cfg = loaded.config
-    return load_heads(path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                      vocab_size=cfg.vocab_size, kind=kind)
-
-
 def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = MethodOptions()):
     if method == "ar":
         return ArDecoder(loaded.model)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    from entmtp.decode.speculative import SpeculativeDecoder
-    from entmtp.trees.tree import load_tree
-
     if method == "entmtp":
         return make_bank_decoder(loaded, options)
     heads = load_model_heads(loaded, method, options.heads)
@@ -67,8 +48,6 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
 
 
 def _verify_config(options: MethodOptions):
-    from entmtp.decode.speculative import VerifyConfig
-
     if options.temperature <= 0:
         return VerifyConfig("greedy")
     return VerifyConfig("typical" if options.typical else "sample", options.temperature)
@@ -79,10 +58,6 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
 
     The bank must have been calibrated for this model and these heads (checked
     against its provenance); `heads` may be passed in already loaded."""
-    from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
-    from entmtp.tune.calibrate import heads_fingerprint, model_fingerprint
-    from entmtp.decode.speculative import SpeculativeDecoder
-
     bank = load_bank(options.bank or shipped_bank_name(loaded.folder.name, options.head_kind, options.task))
     kind = bank.provenance.get("heads", {}).get("kind")
     if kind not in ("medusa", "hydra"):

@@ -23,16 +23,21 @@ from typing import Optional
 import torch
 
 from entmtp import ops
+from entmtp.decode.autoregressive import check_prompt_fits, pick_token
+from entmtp.decode.types import GenerationResult, SamplingConfig, StepRecord, TokenCallback
 from entmtp.errors import UsageError
-from entmtp.decode.autoregressive import (GenerationResult, SamplingConfig, StepRecord, TokenCallback,
-                       check_prompt_fits, pick_token)
 from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.model.llama import KVCache, LlamaModel
-from entmtp.schedule.policies import DEFAULT_WINDOW, DRAFT, Signals, SignalTracker, TreePolicy
+from entmtp.schedule.policies import DRAFT, TreePolicy
+from entmtp.schedule.signals import DEFAULT_WINDOW, Signals, SignalTracker
 from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
 
 VERIFY_MODES = ("greedy", "typical", "sample")
 
+
+# Guesses per head: the widest a tree can branch below a node. Upstream Medusa's and
+# Hydra's default, and what the shipped trees and banks were built with.
+DEFAULT_TOP_K = 10
 
 @dataclasses.dataclass(frozen=True)
 class VerifyConfig:
@@ -65,7 +70,7 @@ class StepOutcome:
 
 class SpeculativeDecoder:
     def __init__(self, model: LlamaModel, heads: MedusaHeads | HydraHeads, tree: Tree,
-                 verify: VerifyConfig = VerifyConfig(), top_k: int = 10, method: Optional[str] = None,
+                 verify: VerifyConfig = VerifyConfig(), top_k: int = DEFAULT_TOP_K, method: Optional[str] = None,
                  policy: Optional[TreePolicy] = None, signal_window: float = DEFAULT_WINDOW):
         self.model = model
         self.heads = heads.to(device=model.device, dtype=model.dtype).eval()

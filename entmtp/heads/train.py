@@ -25,9 +25,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from entmtp.heads.corpora import load_sharegpt_first_turns, stdlib_code_prompts
 from entmtp.errors import EntmtpError
-from entmtp.heads.modules import HydraHeads, MedusaHeads, save_heads
+from entmtp.heads.corpora import load_sharegpt_first_turns, stdlib_code_prompts
+from entmtp.heads.formats import save_heads
+from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.model.loader import LoadedModel
 
 

@@ -7,12 +7,12 @@ is never silently run with the wrong numerics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from entmtp.errors import EntmtpError
+from entmtp.jsonfile import read_json
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -129,10 +129,7 @@ class ModelConfig:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise EntmtpError(f"model folder {folder} has no config.json")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EntmtpError(f"{path}: not valid JSON ({exc})") from None
+        raw = read_json(path)
         if not isinstance(raw, dict):
             raise EntmtpError(f"{path}: expected a JSON object")
         return cls.from_hf_dict(raw, source=str(path))

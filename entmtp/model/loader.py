@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from entmtp.model.config import ModelConfig
 from entmtp.errors import EntmtpError, UsageError
+from entmtp.model.checkpoint import check_tensors, read_tensors
+from entmtp.model.config import ModelConfig
 from entmtp.model.llama import LayerWeights, LlamaModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -72,15 +72,8 @@ def _weight_files(folder: Path) -> list[Path]:
 def _read_tensors(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    if name.endswith(_SKIPPED_SUFFIXES):
-                        continue
-                    # Cast tensor by tensor so peak memory stays near one copy.
-                    tensors[name] = f.get_tensor(name).to(dtype)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise EntmtpError(f"{path}: cannot read safetensors ({exc})") from None
+        tensors.update(read_tensors(path, select=lambda names: [n for n in names if not n.endswith(_SKIPPED_SUFFIXES)],
+                                    dtype=dtype))
     return tensors
 
 
@@ -110,22 +103,10 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _check_tensors(folder: Path, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
-    expected = _expected_shapes(cfg)
     if cfg.tie_word_embeddings:
         # Tied checkpoints sometimes still store lm_head; it must equal nothing new.
         tensors.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise EntmtpError(f"model folder {folder}: weights missing {missing[0]}"
-                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise EntmtpError(f"model folder {folder}: unexpected weights {', '.join(unexpected[:3])}"
-                          + (" ..." if len(unexpected) > 3 else ""))
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise EntmtpError(f"model folder {folder}: {name} has shape {tuple(tensors[name].shape)}, "
-                              f"config.json implies {shape}")
+    check_tensors(f"model folder {folder}", tensors, _expected_shapes(cfg))
 
 
 def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], device: torch.device) -> LlamaModel:
@@ -184,3 +165,9 @@ def load_model(name_or_path: Optional[str], dtype: torch.dtype = torch.bfloat16,
     _check_tensors(folder, cfg, tensors)
     model = build_model(cfg, tensors, torch.device(device))
     return LoadedModel(folder, cfg, model, tokenizer, read_eos_ids(folder, tokenizer))
+
+
+def model_fingerprint(loaded: LoadedModel) -> dict:
+    cfg = loaded.config
+    return {"name": loaded.folder.name, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
+            "num_hidden_layers": cfg.num_hidden_layers}

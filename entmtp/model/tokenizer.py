@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from entmtp.errors import EntmtpError
+from entmtp.jsonfile import read_json
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -184,12 +185,7 @@ class _TemplateRaised(Exception):
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EntmtpError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise EntmtpError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise EntmtpError(f"{path}: expected a JSON object")
     return data

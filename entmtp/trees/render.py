@@ -67,7 +67,7 @@ def render_tree(tree: Tree, stats: Optional[AcceptanceStats] = None) -> Renderab
 
 
 def render_bank(bank) -> RenderableType:
-    """A bank (entmtp.bank.Bank): provenance, its trees, the ladder and both hulls."""
+    """A bank (entmtp.schedule.bank.Bank): provenance, its trees, the ladder and both hulls."""
     prov = bank.provenance
     header = Text(
         f"bank {bank.name}: model {prov.get('model', {}).get('name')}, {prov.get('heads', {}).get('kind')} heads, "
@@ -79,14 +79,13 @@ def render_bank(bank) -> RenderableType:
     trees.add_column("role", min_width=21)
     ladder_indices, thresholds = bank.ladder
     for i, tree in enumerate(bank.trees):
-        entry = bank.document["trees"][i]
         marks = []
         if i == bank.static_best:
             marks.append("static-best")
         if i in ladder_indices:
             marks.append(f"ladder #{ladder_indices.index(i)}")
         trees.add_row(tree.name, str(tree.n_nodes - 1), str(tree.max_depth), f"{bank.accept[i]:.3f}",
-                      f"{entry['accept_biased']:.3f}", f"{bank.step_ms[i]:.1f}",
+                      f"{bank.accept_biased[i]:.3f}", f"{bank.step_ms[i]:.1f}",
                       f"{1000 * (bank.accept[i] + 1) / bank.step_ms[i]:.1f}", ", ".join(marks))
     ladder = Text("entropy ladder (paper): " + " | ".join(
         f"{bank.trees[i].name}" + (f" below {thresholds[k]:.3f} nats" if k < len(thresholds) else " above")
@@ -94,15 +93,15 @@ def render_bank(bank) -> RenderableType:
     hulls = Table(title="Pareto hulls over all grown candidates", title_justify="left")
     hulls.add_column("hull")
     hulls.add_column("(nodes, depth, value)")
-    for name, points in bank.document["hulls"].items():
+    for name, points in bank.hulls.items():
         hulls.add_row("accepted length" if name == "accept" else "tok/s (model)",
                       " ".join(f"({n},{d},{v:g})" for n, d, v in points))
     scheduler, signal = bank.recommended
-    rates = bank.document.get("calibration_rates", {})
+    rates = bank.calibration_rates
     replay = Text(f"recommended (behind --method entmtp): {scheduler}" + (f", signal {signal}" if signal else "")
                   + "; modeled tok/s replayed on the calibration steps: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))
-    probe = bank.probe if isinstance(bank.probe, dict) else {}
-    probe_line = Text(f"probe: ridge lambda {probe.get('lambda')}, out-of-fold r {probe.get('out_of_fold_r')} "
-                      f"with {probe.get('target')}; peek (head 0 then root-only) costs {bank.peek_ms:.1f} ms")
+    probe = bank.probe
+    probe_line = Text(f"probe: ridge lambda {probe.lam}, out-of-fold r {probe.out_of_fold_r} "
+                      f"with {probe.target}; peek (head 0 then root-only) costs {bank.peek_ms:.1f} ms")
     return Group(header, trees, ladder, replay, probe_line, hulls)

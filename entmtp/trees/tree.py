@@ -1,6 +1,6 @@
 """Draft trees as data: JSON files validated into frozen `Tree` objects.
 
-A tree is Medusa's list of paths (formats.md §1.3): a path is a list of top-k
+A tree is Medusa's list of paths (its `medusa_choices`): a path is a list of top-k
 ranks, one per depth, so `[0, 2]` is the rank-2 token of head 1 placed under the
 rank-0 token of head 0. The root (the base model's own next token) is implicit.
 Paths are kept in canonical order, sorted by (length, path); node 0 is the root
@@ -14,11 +14,7 @@ on the tree.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import json
-import os
 import types
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -35,6 +31,7 @@ _REQUIRED_DOCUMENT_KEYS = ("format", "name", "paths")
 # --------------------------------------------------------------------------- #
 # Validation
 # --------------------------------------------------------------------------- #
+
 
 def _canonical_paths(raw_paths: Any, where: str) -> tuple[tuple[int, ...], ...]:
     """Validate a list of paths and return it sorted by (length, path).
@@ -96,6 +93,7 @@ def _thaw_json(value: Any) -> Any:
 # Pure structure functions
 # --------------------------------------------------------------------------- #
 
+
 def ancestor_bits(parents: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Ancestor-or-self bitmask int64 [T, ceil(T/64)] (CPU) of the tree with
     parent array `parents` [T] (root -1, parents[i] < i): bit (j % 64) of word
@@ -107,6 +105,7 @@ def ancestor_bits(parents: Sequence[int] | torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # Device buffers
 # --------------------------------------------------------------------------- #
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TreeBuffers:
@@ -129,7 +128,7 @@ class TreeBuffers:
     retrieve_valid: torch.Tensor     # [L, D+1] bool, False exactly on the padding
     retrieve_lengths: torch.Tensor   # [L] valid entries per row (leaf depth + 1)
     path_nodes: torch.Tensor         # [T, D+1] node i's chain root..i, padded with -1
-    # Hydra's level-by-level proposal (formats.md §2.3); keys are depths.
+    # Hydra's level-by-level proposal (one head per depth); keys are depths.
     # For depth d in 1..D (N_d nodes at depth d, E_{d-1} parents at depth d-1 with children):
     level_nodes: Mapping[int, torch.Tensor]         # d -> [N_d] nodes at depth d, ascending
     level_parents: Mapping[int, torch.Tensor]       # d -> [N_d] their parent nodes
@@ -144,6 +143,7 @@ class TreeBuffers:
 # --------------------------------------------------------------------------- #
 # The tree
 # --------------------------------------------------------------------------- #
+
 
 @dataclasses.dataclass(frozen=True)
 class Tree:
@@ -326,6 +326,7 @@ def _normalized_device(device: torch.device | str) -> torch.device:
 # Construction, loading, saving
 # --------------------------------------------------------------------------- #
 
+
 def tree_from_paths(name: str, paths: Sequence[Sequence[int]],
                     metadata: Optional[Mapping[str, Any]] = None) -> Tree:
     """Validate `paths` (any order) into a Tree."""
@@ -356,92 +357,14 @@ def _tree_from_document(document: Any, where: str) -> Tree:
     return Tree(name=name, paths=paths, metadata=metadata)
 
 
-def read_text_file(path: Path, where: str) -> str:
-    """A UTF-8 file's text, or one EntmtpError naming `where` (\"tree file 'x.json'\")."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EntmtpError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise EntmtpError(f"{where} cannot be read: {error}") from None
-
-
-def _read_tree_file(path: Path) -> Tree:
-    where = f"tree file {str(path)!r}"
-    return _tree_from_text(read_text_file(path, where), where)
-
-
-def _tree_from_text(text: str, where: str) -> Tree:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise EntmtpError(
-            f"{where} is not valid JSON: line {error.lineno} column {error.colno}: {error.msg}") from None
-    return _tree_from_document(document, where)
-
-
-def _shipped_tree_files() -> dict[str, Any]:
-    """Shipped tree name -> resource (a Traversable) in the entmtp.trees_data package."""
-    try:
-        folder = importlib.resources.files(SHIPPED_TREES_PACKAGE)
-    except ModuleNotFoundError:
-        raise EntmtpError(
-            f"the shipped trees package {SHIPPED_TREES_PACKAGE} is not installed; "
-            "reinstall entmtp (pip install --no-build-isolation -e .) or pass a path to a .json file"
-        ) from None
-    return {entry.name[:-len(".json")]: entry for entry in folder.iterdir()
-            if entry.name.endswith(".json") and entry.is_file()}
-
-
-def list_trees() -> list[str]:
-    """Names of the trees shipped with entmtp, sorted."""
-    return sorted(_shipped_tree_files())
-
-
-def load_tree(name_or_path: str | os.PathLike) -> Tree:
-    """Load a tree from a .json file path, or by the name of a shipped tree."""
-    text = os.fspath(name_or_path)
-    # A bare word is always a shipped name, so a stray file in the working directory cannot shadow one.
-    looks_like_path = (text.endswith(".json") or os.sep in text
-                       or (os.altsep is not None and os.altsep in text))
-    if looks_like_path:
-        return _read_tree_file(Path(text))
-    shipped = _shipped_tree_files()
-    if text not in shipped:
-        raise EntmtpError(
-            f"unknown tree {text!r}; shipped trees: {', '.join(sorted(shipped)) or '(none)'} "
-            "(or pass a path to a .json file)")
-    resource = shipped[text]
-    return _tree_from_text(resource.read_text(encoding="utf-8"), f"shipped tree file {resource.name!r}")
-
-
-def format_tree_document(document: Mapping[str, Any]) -> str:
-    """JSON text of a tree document with one path per line (json's indent would put every rank on its own)."""
-    lines = ["{"]
-    lines.append(f'  "format": {json.dumps(document["format"])},')
-    lines.append(f'  "name": {json.dumps(document["name"])},')
-    path_lines = [f"    {json.dumps(list(path), separators=(',', ':'))}" for path in document["paths"]]
-    lines.append('  "paths": [')
-    lines.append(",\n".join(path_lines))
-    lines.append("  ],")
-    metadata = json.dumps(_thaw_json(document.get("metadata", {})), indent=2, ensure_ascii=False)
-    lines.append('  "metadata": ' + metadata.replace("\n", "\n  "))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def save_tree(tree: Tree, path: str | os.PathLike) -> None:
-    """Write `tree` as an entmtp-tree/1 JSON file that `load_tree` reads back equal."""
-    Path(path).write_text(format_tree_document(tree.to_json()), encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- #
 # Candidates
 # --------------------------------------------------------------------------- #
 
+
 def medusa_candidates(root_token: torch.Tensor, head_topk_ids: torch.Tensor,
                       buffers: TreeBuffers) -> torch.Tensor:
-    """Token of every tree node, Medusa style (formats.md §1.5).
+    """Token of every tree node, Medusa style: node (r_1, .., r_d) takes rank r_d of head d-1.
 
     root_token: int64 [] or [1], the base model's next token.
     head_topk_ids: int64 [n_heads, top_k], each head's top-k token ids (rank order).

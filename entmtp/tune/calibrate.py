@@ -19,176 +19,34 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from entmtp import ops
+from entmtp import tasks
+from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
 from entmtp.errors import EntmtpError, UsageError
-from entmtp.model.loader import LoadedModel
-from entmtp.schedule.policies import DEFAULT_WINDOW
-from entmtp.trees.tree import Tree, tree_from_paths
+from entmtp.heads.shipped import calibration_heads, heads_fingerprint, load_model_heads
+from entmtp.model.loader import LoadedModel, load_model, model_fingerprint, parse_dtype, resolve_device
+from entmtp.schedule.signals import DEFAULT_WINDOW
+from entmtp.trees.growth import node_acceptance, superset_tree
+from entmtp.trees.tree import tree_from_paths
+from entmtp.tune.probe import fit_probe
+from entmtp.tune.timing import cost_curve_for
 
 CALIBRATION_FORMAT = "entmtp-calibration/1"
-COST_SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-SUPERSET_DEPTH_DECAY = 0.7
 
 
 # --------------------------------------------------------------------------- #
 # Trees from statistics
 # --------------------------------------------------------------------------- #
 
-def superset_tree(n_heads: int, top_k: int, n_nodes: int) -> Tree:
-    """The n_nodes paths with the highest prior prod_i 1/(rank_i + 1) * decay^depth.
-
-    The prior falls along every path, so the top-n set is prefix-closed (ties
-    broken by (depth, path), parents first)."""
-    paths: list[tuple[int, ...]] = []
-    frontier = [(r,) for r in range(top_k)]
-    while frontier:
-        paths.extend(frontier)
-        frontier = [p + (r,) for p in frontier if len(p) < n_heads for r in range(top_k)
-                    if _prior(p + (r,)) >= 1e-4]
-
-    ranked = sorted(paths, key=lambda p: (-_prior(p), len(p), p))[:n_nodes]
-    return tree_from_paths(f"superset{len(ranked)}", ranked,
-                           {"built_by": f"top {n_nodes} paths by prior prod 1/(rank+1) * "
-                                        f"{SUPERSET_DEPTH_DECAY}^depth"})
-
-
-def _prior(path: tuple[int, ...]) -> float:
-    value = SUPERSET_DEPTH_DECAY ** len(path)
-    for rank in path:
-        value /= rank + 1
-    return value
-
-
-def node_acceptance(accepted_paths: Sequence[Sequence[int]], nodes: Sequence[tuple[int, ...]]) -> dict:
-    """Per node (rank path): the fraction of steps whose accepted path passes through it."""
-    counts = dict.fromkeys(nodes, 0)
-    for accepted in accepted_paths:
-        accepted = tuple(accepted)
-        for cut in range(1, len(accepted) + 1):
-            prefix = accepted[:cut]
-            if prefix in counts:
-                counts[prefix] += 1
-    total = max(len(accepted_paths), 1)
-    return {node: count / total for node, count in counts.items()}
-
-
-def grow_trees(probability: dict, max_depth: int, max_nodes: int) -> list[tuple[tuple[int, ...], ...]]:
-    """Greedy node-by-node growth: add the frontier node (child of the tree, depth
-    <= max_depth, known to the statistics) with the highest acceptance
-    probability; returns the path tuple after each addition (sizes 1..)."""
-    tree: list[tuple[int, ...]] = []
-    inside: set[tuple[int, ...]] = set()
-    grown = []
-    while len(tree) < max_nodes:
-        frontier = [p for p in probability if p not in inside and len(p) <= max_depth
-                    and (len(p) == 1 or p[:-1] in inside)]
-        if not frontier:
-            break
-        best = max(frontier, key=lambda p: (probability[p], -sum(p), -len(p)))
-        tree.append(best)
-        inside.add(best)
-        grown.append(tuple(tree))
-    return grown
-
 
 # --------------------------------------------------------------------------- #
 # Measuring
 # --------------------------------------------------------------------------- #
-
-def heads_fingerprint(heads) -> str:
-    """A short checksum of the heads' weights: a bank is only valid for these heads."""
-    total, absolute = 0.0, 0.0
-    for tensor in heads.state_dict().values():
-        if tensor is None or not torch.is_floating_point(tensor):
-            continue
-        t = tensor.detach().double()
-        total += float(t.sum())
-        absolute += float(t.abs().sum())
-    return f"{heads.kind}-{heads.n_heads}x{heads.n_layers}-{total:.6e}-{absolute:.6e}"
-
-
-def model_fingerprint(loaded: LoadedModel) -> dict:
-    cfg = loaded.config
-    return {"name": loaded.folder.name, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
-            "num_hidden_layers": cfg.num_hidden_layers}
-
-
-def measure_step_ms(decoder, trees: Sequence[Tree], context: int = 256, repeats: int = 7,
-                    with_peek: bool = False) -> tuple[list[float], Optional[float]]:
-    """Median ms of one decode step (propose + verify + accept) per tree, at a
-    `context`-token prefix of random ids. Trees are timed round-robin, one step
-    each per round after a warm-up round, so a slow spell of a shared machine
-    falls on every tree alike. with_peek: also time head 0 + a root-only step
-    (what a two-phase scheduler pays when it peeks and then drafts nothing)."""
-    model = decoder.model
-    widest = max(t.n_nodes for t in trees)
-    cache = model.new_cache(1, context + widest + 1)
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (1, context), generator=generator).to(model.device)
-    root_only = tree_from_paths("root-only", [])
-    saved = decoder.tree
-    samples: list[list[float]] = [[] for _ in range(len(trees) + 1)]
-    with torch.inference_mode():
-        logits, hidden_last = decoder.prefill(cache, prompt)
-        root = logits.argmax()
-
-        def step(tree: Tree, peek: bool) -> float:
-            decoder.set_tree(tree)
-            _sync(model.device)
-            start = time.perf_counter()
-            if peek:
-                float(decoder.peek(root, hidden_last)[1][0, 0])
-            tokens = decoder.propose(root, hidden_last)
-            step_logits, _ = decoder.verify(cache, context, tokens)
-            _, argmax = ops.token_entropy(step_logits)[:2]
-            decoder.accept(tokens, step_logits, argmax, None)
-            _sync(model.device)
-            return time.perf_counter() - start
-
-        for round_index in range(repeats + 1):
-            for index, tree in enumerate(trees):
-                elapsed = step(tree, False)
-                if round_index:
-                    samples[index].append(elapsed)
-            if with_peek:
-                elapsed = step(root_only, True)
-                if round_index:
-                    samples[-1].append(elapsed)
-    decoder.set_tree(saved)
-    times = [1000.0 * statistics.median(s) for s in samples[:-1]]
-    return times, (1000.0 * statistics.median(samples[-1]) if with_peek else None)
-
-
-def cost_curve_for(decoder, probability: dict, n_heads: int, max_nodes: int, repeats: int,
-                   log: Callable[[str], None] = print) -> list[dict]:
-    """Time the greedy-grown trees of every depth at COST_SIZES nodes (0 = root-only)
-    and a peek; the points of the cost curve."""
-    cost_trees: dict[tuple[int, ...], Tree] = {(): tree_from_paths("root-only", [])}
-    for depth in range(1, n_heads + 1):
-        grown = grow_trees(probability, depth, max_nodes)
-        for size in COST_SIZES:
-            if 1 <= size <= len(grown):
-                paths = grown[size - 1]
-                key = tuple(sorted(paths, key=lambda p: (len(p), p)))
-                cost_trees.setdefault(key, tree_from_paths(f"d{depth}n{size}", paths))
-    trees = list(cost_trees.values())
-    log(f"timing {len(trees)} trees and a peek ({repeats} interleaved rounds)")
-    ms, peek = measure_step_ms(decoder, trees, repeats=repeats, with_peek=True)
-    curve = [{"nodes": t.n_nodes - 1, "depth": t.max_depth, "ms": round(m, 3)} for t, m in zip(trees, ms)]
-    curve.append({"nodes": 0, "depth": 0, "peek": True, "ms": round(peek, 3)})
-    return curve
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rollout(decoder, prompts: Sequence[list[int]], max_new_tokens: int, eos: tuple[int, ...],
@@ -221,51 +79,6 @@ def step_rows(results) -> dict:
     return columns
 
 
-PROBE_LAMBDAS = (30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
-PROBE_FOLDS = 4
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denominator = float(a.norm() * b.norm())
-    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
-
-
-def _ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """Ridge regression with an unpenalised bias: x [N, H] (float64), y [N] -> weights [H + 1]."""
-    mean_x, mean_y = x.mean(0), y.mean()
-    xc = x - mean_x
-    w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - mean_y))
-    return torch.cat([w, (mean_y - mean_x @ w).reshape(1)])
-
-
-def fit_probe(hidden: torch.Tensor, accepted: Sequence[int], prompt_of_step: Sequence[int]) -> dict:
-    """The probe signal: ridge regression of accepted length on the step's hidden
-    state [N, H]. The penalty is chosen by cross-validation over prompt folds (no
-    prompt is in both its fit and its test), and every step also gets an
-    out-of-fold prediction, so the tables binned on it are not fit on themselves."""
-    x = hidden.double()
-    y = torch.tensor(accepted, dtype=torch.float64)
-    folds = torch.tensor([p % PROBE_FOLDS for p in prompt_of_step])
-    best = None
-    for lam in PROBE_LAMBDAS:
-        predicted = torch.empty_like(y)
-        for fold in range(PROBE_FOLDS):
-            test = folds == fold
-            if test.all() or not test.any():
-                predicted[test] = y.mean()
-                continue
-            w = _ridge(x[~test], y[~test], lam)
-            predicted[test] = x[test] @ w[:-1] + w[-1]
-        r = _pearson(predicted, y)
-        if best is None or r > best[1]:
-            best = (lam, r, predicted)
-    lam, r, predicted = best
-    weights = _ridge(x, y, lam)
-    return {"weights": [round(float(v), 7) for v in weights], "lambda": lam, "out_of_fold_r": round(r, 4),
-            "target": "accepted length with the superset tree", "oof": [round(float(v), 5) for v in predicted]}
-
-
 def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(float(value), 5)
 
@@ -274,14 +87,11 @@ def _round(value: Optional[float]) -> Optional[float]:
 # The command
 # --------------------------------------------------------------------------- #
 
+
 def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_path: Optional[str] = None,
                     limit: Optional[int] = None, max_new_tokens: int = 96, superset_nodes: int = 64,
                     window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
                     dtype_name: str = "bf16", log: Callable[[str], None] = print) -> dict:
-    from entmtp import tasks
-    from entmtp.decode.methods import load_model_heads
-    from entmtp.decode.speculative import SpeculativeDecoder
-
     if task not in tasks.TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(tasks.TASKS)}")
     if heads_kind not in ("medusa", "hydra"):
@@ -294,7 +104,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     if not records:
         raise EntmtpError(f"task {task!r} has no calibration prompts")
     heads = load_model_heads(loaded, heads_kind, heads_path)
-    top_k = 10
+    top_k = DEFAULT_TOP_K
     superset = superset_tree(heads.n_heads, top_k, superset_nodes)
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=top_k,
                                  signal_window=window)
@@ -349,10 +159,6 @@ def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = 
     accepted length per step when the calibration's first `n_prompts` prompts are
     decoded with that tree's own buffers (the superset's numbers are biased up:
     nodes the tree lacks steer the trajectory)."""
-    from entmtp import tasks
-    from entmtp.model.loader import load_model, parse_dtype, resolve_device
-    from entmtp.decode.speculative import SpeculativeDecoder
-
     provenance = calibration["provenance"]
     loaded = load_model(model, parse_dtype(provenance["dtype"]), resolve_device(provenance["device"]))
     heads = calibration_heads(loaded, provenance, heads_path)
@@ -379,8 +185,6 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
                        repeats: int = 15, log: Callable[[str], None] = print) -> dict:
     """Re-time a calibration's cost curve on this machine (quietly, with more
     rounds): the acceptance statistics stay, the cost curve and its date change."""
-    from entmtp.decode.speculative import SpeculativeDecoder
-
     provenance = calibration["provenance"]
     heads = calibration_heads(loaded, provenance, heads_path)
     superset = tree_from_paths("superset", [tuple(p) for p in calibration["superset"]])
@@ -393,15 +197,3 @@ def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optio
     return document
 
 
-def calibration_heads(loaded: LoadedModel, provenance: dict, heads_path: Optional[str] = None):
-    """The heads a calibration was made with, loaded for `loaded`; refuses another
-    model or heads whose weights differ (fingerprint)."""
-    from entmtp.decode.methods import load_model_heads
-
-    if loaded.folder.name != provenance["model"]["name"]:
-        raise EntmtpError(f"the calibration is for model {provenance['model']['name']!r}, "
-                          f"not {loaded.folder.name!r} (pass --model)")
-    heads = load_model_heads(loaded, provenance["heads"]["kind"], heads_path)
-    if heads_fingerprint(heads) != provenance["heads"]["fingerprint"]:
-        raise EntmtpError("the calibration was made with other heads than these (fingerprints differ)")
-    return heads

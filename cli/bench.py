@@ -1,0 +1,67 @@
+"""`entmtp bench` and `entmtp bench-step`: speed and quality, every method and peer side by side."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from entmtp.errors import UsageError
+
+
+def bench(
+    task: str = typer.Option("humaneval", "--task", help="humaneval, sharegpt, gsm8k, litbench, a comma list, or all."),
+    methods: str = typer.Option("ar,medusa,hydra,transformers,transformers-pld,llama-cpp",
+                                "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE; the tree-bank "
+                                "methods entmtp, rate, rate-accept, rate-confidence, rate-all, rate-now, entropy, "
+                                "static-best, "
+                                "oracle (add @medusa for Medusa's bank); and the peers transformers, "
+                                "transformers-pld, llama-cpp (skipped when not installed)."),
+    model: str | None = typer.Option(None, "--model", help="Model name, folder or .gguf (default: the default model)."),
+    data: Path | None = typer.Option(None, "--data", help="Your own JSONL for one task (its native record format); "
+                                        "all its records are evaluated."),
+    split: str = typer.Option("evaluation", "--split", help="evaluation (default), calibration or all."),
+    limit: int | None = typer.Option(None, "--limit", help="First N prompts of the split per task."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+    dtype: str | None = typer.Option(None, "--dtype", help="bf16 (default) or fp32 (default with --exact-check)."),
+    device: str = typer.Option("cpu", "--device"),
+    exact_check: bool = typer.Option(False, "--exact-check", help="Compare every method's tokens with ar's "
+                                     "(fp32 unless --dtype says otherwise)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for results.jsonl, summary.json, summary.md."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the results.jsonl in --out."),
+    plot: bool = typer.Option(False, "--plot", help="Also write PNG plots (needs matplotlib)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Also write analysis.md/json: Pearson r of each "
+                                  "signal with accepted length, tree share, schedulers vs the oracle, goals."),
+) -> None:
+    """Speed and quality of every method and peer on the benchmark tasks, side by side."""
+    from rich.console import Console
+
+    from entmtp.bench.config import BenchConfig, parse_methods, parse_tasks
+    from entmtp.bench.run import run_bench
+    from entmtp.bench.summary import print_summary
+
+    cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
+                      data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+                      dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,
+                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis)
+    console = Console(stderr=True)
+    summary = run_bench(cfg, console)
+    # Piped output gets a wide table rather than rich's 80-column wrapping.
+    print_summary(summary, Console(width=None if sys.stdout.isatty() else 160))
+    typer.echo(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}", err=True)
+
+
+def bench_step(
+    model: str | None = typer.Option(None, "--model"),
+    dtype: str = typer.Option("bf16", "--dtype"),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per run."),
+    repeats: int = typer.Option(5, "--repeats", help="Runs per contender; medians are reported."),
+    no_transformers: bool = typer.Option(False, "--no-transformers", help="Skip the transformers contender."),
+) -> None:
+    """ms per decode step of our model vs transformers, interleaved in one run."""
+    from entmtp.bench.step import run_step_bench
+
+    if new_tokens < 2 or repeats < 1:
+        raise UsageError("--new-tokens must be >= 2 and --repeats >= 1")
+    run_step_bench(model, dtype, new_tokens, repeats, with_transformers=not no_transformers)
