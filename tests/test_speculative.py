@@ -48,7 +48,7 @@ class OracleDrafts:
         self.cache_len = prompt_len
 
     def __call__(self, root, hidden_last, peeked=None):
-        tokens = self.inner(root, hidden_last, peeked)
+        tokens, confidence = self.inner(root, hidden_last, peeked)
         buffers = self.decoder.buffers
         # Emitted so far = cache_len - prompt_len + 1 (the root); node at depth d
         # guesses reference[emitted - 1 + d].
@@ -59,7 +59,7 @@ class OracleDrafts:
                 index = emitted - 1 + self.decoder.tree.depths[node]
                 if index < len(self.reference):
                     tokens[node] = self.reference[index]
-        return tokens
+        return tokens, confidence
 
 
 def _track_commits(decoder, oracle):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -66,6 +66,9 @@ class StepOutcome:
     path: list[int]           # accepted node indices, root first
     bonus: torch.Tensor       # [] the base model's next token after the path (next root)
     emitted: list[int]        # the accepted drafted tokens, then the bonus token
+    slots: torch.Tensor       # int64 [len(path)] the path on the device, for kv_commit
+    along_path: list[list[float]] = dataclasses.field(default_factory=list)  # each per-node value, path nodes
+    extras: list[float] = dataclasses.field(default_factory=list)            # the scalars read with it
 
 
 class SpeculativeDecoder:
@@ -80,9 +83,10 @@ class SpeculativeDecoder:
         self._cache: Optional[KVCache] = None
         self.policy = policy
         self.bank = None  # the tree bank the policy came from (entmtp runs), for reports
-        self.capture_hidden: Optional[list] = None  # calibration: each step's hidden_last [H], fp32 CPU
+        # Called with each step's hidden_last [H] before its tree is chosen (calibration
+        # collects them to fit the probe); None in normal runs.
+        self.on_step_hidden: Optional[Callable[[torch.Tensor], None]] = None
         self.signals = SignalTracker(signal_window)
-        self.last_confidence: Optional[torch.Tensor] = None  # [2]: head-0 top-1 prob, greedy path value
         if policy is not None:
             if policy.hindsight and verify.mode != "greedy":
                 raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
@@ -121,19 +125,21 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def propose(self, root: torch.Tensor, hidden_last: torch.Tensor,
-                peeked: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """Draft a token for every node: int64 [T], node 0 = root. `peeked`: this
-        root's `peek` output, reused instead of running head 0 (or Medusa's heads) again."""
+                peeked: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draft a token for every node -> (tokens int64 [T], node 0 = root;
+        confidence f32 [2]: head 0's top-1 probability at the root and the greedy
+        path value, the product of top-1 probabilities down the all-0 chain; None
+        when nothing is drafted). `peeked`: this root's `peek` output, reused
+        instead of running head 0 (or Medusa's heads) again."""
         model, buffers, chain = self.model, self.buffers, self.tree.chain_depth
         if buffers.max_depth == 0:  # root-only tree: nothing to draft, the heads do not run
-            self.last_confidence = None
-            return root.reshape(1).to(torch.long)
+            return root.reshape(1).to(torch.long), None
         if isinstance(self.heads, MedusaHeads):
             # Head i's top-k at the last accepted position fills every node of depth i+1.
             head_ids, head_probs = peeked or self.heads.propose(hidden_last, model.lm_head, self.top_k)
             top1 = head_probs[:, 0]                                      # [n_heads]
-            self.last_confidence = torch.stack([top1[0], top1[:chain].prod()])
-            return medusa_candidates(root, head_ids, buffers)
+            return medusa_candidates(root, head_ids, buffers), torch.stack([top1[0], top1[:chain].prod()])
         # Hydra: level by level, each head reading the tokens on its path so far.
         tokens = torch.empty(buffers.n_nodes, dtype=torch.long, device=model.device)
         tokens[0] = root
@@ -151,8 +157,7 @@ class SpeculativeDecoder:
             tokens[buffers.level_nodes[depth]] = child_ids[buffers.level_parent_slots[depth],
                                                            buffers.level_ranks[depth]]
         top1 = torch.stack(chain_top1) if chain_top1 else None
-        self.last_confidence = None if top1 is None else torch.stack([top1[0], top1.prod()])
-        return tokens
+        return tokens, (None if top1 is None else torch.stack([top1[0], top1.prod()]))
 
     def verify(self, cache: KVCache, cache_len: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward of the tree -> (logits [T, V], hidden [T, H])."""
@@ -163,35 +168,56 @@ class SpeculativeDecoder:
         return logits[0], hidden[0]
 
     def accept(self, tokens: torch.Tensor, logits: torch.Tensor, base_argmax: torch.Tensor,
-               generator: Optional[torch.Generator]) -> StepOutcome:
-        """tokens [T] drafted; logits [T, V] and base_argmax [T] from the verify forward."""
+               generator: Optional[torch.Generator], per_node: Sequence[torch.Tensor] = (),
+               extras: Sequence[torch.Tensor] = ()) -> StepOutcome:
+        """tokens [T] drafted; logits [T, V] and base_argmax [T] from the verify forward.
+
+        per_node: [T] tensors whose values at the accepted path's nodes come back
+        in outcome.along_path; extras: scalar tensors, back in outcome.extras. In
+        greedy mode everything comes back in the step's one device-to-host read."""
         mode = self.verify_config.mode
         if mode == "sample":
-            return self._accept_by_rejection(tokens, logits, generator)
+            outcome = self._accept_by_rejection(tokens, logits, generator)
+            return self._read_beside(outcome, per_node, extras)
         buffers = self.buffers
         if mode == "greedy":
             path, length, bonus = ops.tree_accept(tokens, buffers.parents, base_argmax, buffers.max_depth)
-        else:
-            cfg = self.verify_config
-            scaled = logits.float() / cfg.temperature                            # [T, V]
-            entropy = ops.token_entropy(scaled)[0]                               # [T] nats
-            parent_rows = scaled[buffers.parents.clamp(min=0)]                   # [T, V]
-            drafted_prob = torch.softmax(parent_rows, -1).gather(1, tokens[:, None])[:, 0]
-            path, length, _ = ops.tree_accept(tokens, buffers.parents, base_argmax, buffers.max_depth,
-                                              draft_probs=drafted_prob, entropy=entropy,
-                                              epsilon=cfg.epsilon, alpha=cfg.alpha)
-            bonus = None
-        if bonus is None:
-            n = int(length) + 1
-            path_list = path[:n].tolist()
-            bonus = pick_token(logits[path_list[-1]], SamplingConfig(self.verify_config.temperature), generator)
-            return StepOutcome(path_list, bonus, tokens[path_list[1:]].tolist() + [int(bonus)])
-        # Greedy: length, bonus, path and the path's tokens in one host read.
-        head = torch.cat([length.view(1), bonus.view(1), path, tokens[path.clamp(min=0)]]).tolist()
-        n = head[0] + 1
-        width = path.shape[0]
-        path_list = head[2:2 + n]
-        return StepOutcome(path_list, bonus, head[2 + width + 1:2 + width + n] + [head[1]])
+            # One host read: length, bonus, then per path slot (width = max depth + 1, padded
+            # with -1) the node, its token and each per-node value; then the extras.
+            on_path = path.clamp(min=0)
+            columns = [path, tokens[on_path]] + [values[on_path] for values in per_node]
+            read = torch.cat([length.view(1), bonus.view(1)] + columns + [e.reshape(1) for e in extras]
+                             ).double().tolist()
+            n, width = int(read[0]) + 1, path.shape[0]
+            blocks = [read[2 + i * width:2 + i * width + n] for i in range(len(columns))]
+            path_list = [int(v) for v in blocks[0]]
+            emitted = [int(v) for v in blocks[1][1:]] + [int(read[1])]
+            return StepOutcome(path_list, bonus, emitted, path[:n], blocks[2:], read[2 + len(columns) * width:])
+        cfg = self.verify_config
+        scaled = logits.float() / cfg.temperature                            # [T, V]
+        entropy = ops.token_entropy(scaled)[0]                               # [T] nats
+        parent_rows = scaled[buffers.parents.clamp(min=0)]                   # [T, V]
+        drafted_prob = torch.softmax(parent_rows, -1).gather(1, tokens[:, None])[:, 0]
+        path, length, _ = ops.tree_accept(tokens, buffers.parents, base_argmax, buffers.max_depth,
+                                          draft_probs=drafted_prob, entropy=entropy,
+                                          epsilon=cfg.epsilon, alpha=cfg.alpha)
+        n = int(length) + 1
+        path_list = path[:n].tolist()
+        bonus = pick_token(logits[path_list[-1]], SamplingConfig(self.verify_config.temperature), generator)
+        outcome = StepOutcome(path_list, bonus, tokens[path_list[1:]].tolist() + [int(bonus)], path[:n])
+        return self._read_beside(outcome, per_node, extras)
+
+    @staticmethod
+    def _read_beside(outcome: StepOutcome, per_node: Sequence[torch.Tensor],
+                     extras: Sequence[torch.Tensor]) -> StepOutcome:
+        """Sampling modes: the per-node values and extras in one more read."""
+        if per_node or extras:
+            at = outcome.slots
+            read = torch.cat([v[at].double() for v in per_node] + [e.reshape(1).double() for e in extras]).tolist()
+            n = len(outcome.path)
+            outcome.along_path = [read[i * n:(i + 1) * n] for i in range(len(per_node))]
+            outcome.extras = read[len(per_node) * n:]
+        return outcome
 
     def _accept_by_rejection(self, tokens, logits, generator) -> StepOutcome:
         """Walk down from the root; at each node try its children in rank order.
@@ -220,16 +246,17 @@ class SpeculativeDecoder:
                 probs[x] = 0.0
             if chosen is None:
                 bonus = torch.multinomial(probs / probs.sum(), 1, generator=generator)[0]
-                return StepOutcome(path, bonus, [token_list[i] for i in path[1:]] + [int(bonus)])
+                return StepOutcome(path, bonus, [token_list[i] for i in path[1:]] + [int(bonus)],
+                                   torch.tensor(path, dtype=torch.long, device=tokens.device))
             node = chosen
             path.append(node)
 
-    def commit(self, cache: KVCache, cache_len: int, path: list[int]) -> int:
-        """Move the accepted nodes' K/V to slots cache_len.. ; return the new length."""
-        if len(path) > 1:
-            src = torch.tensor(path, dtype=torch.long) + cache_len
-            ops.kv_commit(cache.kv, src.to(cache.kv.device), cache_len)
-        return cache_len + len(path)
+    def commit(self, cache: KVCache, cache_len: int, slots: torch.Tensor) -> int:
+        """Move the accepted nodes' K/V (slots: int64 [n] node indices, root first, on
+        the device) to cache slots cache_len.. ; return the new length."""
+        if slots.shape[0] > 1:
+            ops.kv_commit(cache.kv, slots + cache_len, cache_len)
+        return cache_len + slots.shape[0]
 
     # --------------------------------------------------------------- the loop
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: tuple[int, ...],
@@ -271,7 +298,13 @@ class SpeculativeDecoder:
             # Signals are tracked on every run (a few float ops per step) so that any
             # run's records can be analysed; only a policy acts on them.
             self.signals.reset()
-            self.signals.observe_entropy(float(ops.token_entropy(logits.unsqueeze(0))[0][0]))
+            probe_weights = None if policy is None else policy.probe
+            first = [ops.token_entropy(logits.unsqueeze(0))[0][0]]
+            if probe_weights is not None:
+                first.append(self._probe(probe_weights, hidden_last.unsqueeze(0))[0])
+            first = torch.stack(first).tolist()  # the prefill's one read: root entropy (and probe)
+            self.signals.observe_entropy(first[0])
+            probe_value = first[1] if probe_weights is not None else None
             if policy is not None:
                 policy.reset()
         prefill_seconds = time.perf_counter() - start
@@ -282,35 +315,42 @@ class SpeculativeDecoder:
         while not done and cache_len + widest <= cache.capacity:
             step_start = time.perf_counter()
             seen = self.signals.signals()
-            if policy is not None and policy.probe is not None:
-                seen = dataclasses.replace(seen, probe=self._probe(policy.probe, hidden_last))
-            if self.capture_hidden is not None:
-                self.capture_hidden.append(hidden_last.detach().float().cpu())
+            if probe_value is not None:
+                seen = dataclasses.replace(seen, probe=probe_value)
+            if self.on_step_hidden is not None:
+                self.on_step_hidden(hidden_last)
             choice = self.choose_tree(seen)
             scheduler_seconds = time.perf_counter() - step_start
             peeked = None
             if choice == DRAFT:  # two-phase policy: head 0 runs first, its confidence picks the tree
                 peeked = self.peek(root, hidden_last)
                 peek_done = time.perf_counter()
-                choice = policy.refine(float(peeked[1][0, 0]))
+                choice = policy.refine(float(peeked[1][0, 0]))  # this step's second read: the peek decides
                 self.set_tree(policy.trees[choice])
                 scheduler_seconds += time.perf_counter() - peek_done
             with torch.inference_mode():
-                tokens = self.propose(root, hidden_last, peeked)
+                tokens, confidence = self.propose(root, hidden_last, peeked)
                 logits, hidden = self.verify(cache, cache_len, tokens)
                 # One fused pass over the logits: per-node entropy and argmax.
                 entropy, base_argmax = ops.token_entropy(logits)[:2]
-                outcome = self.accept(tokens, logits, base_argmax, generator)
+                # Read with the accepted path, in the same transfer: the root entropy and
+                # head confidence (signals), the argmax along the path (the oracle's
+                # bonus), and the probe of every node's hidden state (next step's signal).
+                per_node = [base_argmax]
+                if probe_weights is not None:
+                    per_node.append(self._probe(probe_weights, hidden))
+                extras = [entropy[0]] + ([] if confidence is None else [confidence[0], confidence[1]])
+                outcome = self.accept(tokens, logits, base_argmax, generator, per_node, extras)
                 if policy is not None and policy.hindsight:
-                    choice, outcome = self._settle_in_hindsight(outcome, tokens, base_argmax)
-                cache_len = self.commit(cache, cache_len, outcome.path)
-                # The step's signals in one host read: root entropy, head confidence, path value.
-                observed = [entropy[0]] + ([] if self.last_confidence is None else list(self.last_confidence))
-                observed = torch.stack(observed).tolist()
+                    choice, outcome = self._settle_in_hindsight(outcome, base_argmax)
+                cache_len = self.commit(cache, cache_len, outcome.slots)
             done = emit(outcome.emitted)
             root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
+            if probe_weights is not None:
+                probe_value = outcome.along_path[1][len(outcome.path) - 1]
             steps += 1
             accepted = len(outcome.path) - 1
+            observed = outcome.extras
             confidence = observed[1] if len(observed) > 1 else None
             self.signals.observe_entropy(observed[0])
             if self.tree.max_depth > 0:
@@ -333,9 +373,9 @@ class SpeculativeDecoder:
 
     # ------------------------------------------------------------ tree choice
     @staticmethod
-    def _probe(weights: torch.Tensor, hidden_last: torch.Tensor) -> float:
-        """weights [H + 1] (bias last) . hidden_last [H]: one dot product, ~H flops."""
-        return float(hidden_last.float().reshape(-1) @ weights[:-1] + weights[-1])
+    def _probe(weights: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """weights [H + 1] (bias last) . hidden [N, H] -> [N] on the device: ~N H flops."""
+        return hidden.float() @ weights[:-1] + weights[-1]
 
     def _modeled_ms(self, choice: Optional[int], peeked: bool) -> Optional[float]:
         """The policy's calibrated time for this step's tree (+ the peek when a
@@ -360,16 +400,17 @@ class SpeculativeDecoder:
             self.set_tree(tree)
         return choice
 
-    def _settle_in_hindsight(self, outcome: StepOutcome, tokens: torch.Tensor,
-                             base_argmax: torch.Tensor) -> tuple[int, StepOutcome]:
+    def _settle_in_hindsight(self, outcome: StepOutcome, base_argmax: torch.Tensor) -> tuple[int, StepOutcome]:
         """Oracle: cut the union tree's accepted path to the best bank tree's share.
 
         Greedy only, so the kept prefix and its bonus (the base argmax after it)
-        are exactly what that tree would have produced from the same state."""
+        are exactly what that tree would have produced from the same state; the
+        argmax along the path came back with the step's read (along_path[0])."""
         union = self.tree
         ranks = union.paths[outcome.path[-1] - 1] if len(outcome.path) > 1 else ()
         choice, keep = self.policy.settle(tuple(ranks))
         path = outcome.path[:keep + 1]
         bonus = base_argmax[path[-1]]
-        drafted = tokens[path[1:]].tolist() if keep else []
-        return choice, StepOutcome(path, bonus, drafted + [int(bonus)])
+        emitted = outcome.emitted[:keep] + [int(outcome.along_path[0][keep])]
+        return choice, StepOutcome(path, bonus, emitted, outcome.slots[:keep + 1], outcome.along_path,
+                                   outcome.extras)

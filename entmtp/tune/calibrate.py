@@ -112,13 +112,14 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     log(f"calibrating {heads_kind} on {len(prompts)} {task} calibration prompts "
         f"(superset tree of {superset.n_nodes - 1} nodes, {max_new_tokens} new tokens)")
     started = time.perf_counter()
-    decoder.capture_hidden = []
+    hidden_states: list[torch.Tensor] = []  # each step's heads input [H], for the probe
+    decoder.on_step_hidden = lambda h: hidden_states.append(h.detach().float().cpu())
     results = rollout(decoder, prompts, max_new_tokens, loaded.eos_token_ids,
                       lambda n: log(f"  prompt {n}/{len(prompts)}") if n % 10 == 0 else None)
     columns = step_rows(results)
     decode_seconds = time.perf_counter() - started
-    probe = fit_probe(torch.stack(decoder.capture_hidden), columns["accepted"], columns["prompt"])
-    decoder.capture_hidden = None
+    decoder.on_step_hidden = None
+    probe = fit_probe(torch.stack(hidden_states), columns["accepted"], columns["prompt"])
     columns["probe"] = probe.pop("oof")
     log(f"probe: ridge lambda {probe['lambda']:g}, out-of-fold r {probe['out_of_fold_r']:.3f} "
         "with accepted length")

@@ -39,7 +39,7 @@ def measure_step_ms(decoder, trees: Sequence[Tree], context: int = 256, repeats:
             def run() -> None:
                 if peek:
                     float(decoder.peek(root, hidden_last)[1][0, 0])
-                tokens = decoder.propose(root, hidden_last)
+                tokens, _ = decoder.propose(root, hidden_last)
                 step_logits, _ = decoder.verify(cache, context, tokens)
                 _, argmax = ops.token_entropy(step_logits)[:2]
                 decoder.accept(tokens, step_logits, argmax, None)
