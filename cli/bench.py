@@ -55,13 +55,22 @@ def bench(
 def bench_step(
     model: str | None = typer.Option(None, "--model"),
     dtype: str = typer.Option("bf16", "--dtype"),
-    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per run."),
-    repeats: int = typer.Option(5, "--repeats", help="Runs per contender; medians are reported."),
-    no_transformers: bool = typer.Option(False, "--no-transformers", help="Skip the transformers contender."),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per plain-decoding run."),
+    repeats: int = typer.Option(5, "--repeats", help="Interleaved rounds per measurement; medians are reported."),
+    tree_nodes: str | None = typer.Option(None, "--tree-nodes", help="Tree sizes of the speculative cost curve, "
+                                          "a comma list (0 = root-only; default 0,1,2,4,8,16,32,64,128)."),
+    no_peers: bool = typer.Option(False, "--no-peers", help="Skip transformers and llama.cpp."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
 ) -> None:
-    """ms per decode step of our model vs transformers, interleaved in one run."""
-    from entmtp.bench.step import run_step_bench
+    """This machine's step costs: floor, plain decoding vs peers, prefill, and the speculative cost curve."""
+    from entmtp.bench.step import TREE_NODES, run_step_bench
 
     if new_tokens < 2 or repeats < 1:
         raise UsageError("--new-tokens must be >= 2 and --repeats >= 1")
-    run_step_bench(model, dtype, new_tokens, repeats, with_transformers=not no_transformers)
+    try:
+        nodes = TREE_NODES if tree_nodes is None else tuple(int(n) for n in tree_nodes.split(","))
+    except ValueError:
+        raise UsageError(f"--tree-nodes must be a comma list of node counts, not {tree_nodes!r}") from None
+    if not nodes or min(nodes) < 0 or max(nodes) > 256:
+        raise UsageError("--tree-nodes must be between 0 and 256")
+    run_step_bench(model, dtype, new_tokens, repeats, with_peers=not no_peers, nodes=nodes, json_out=json_out)

@@ -8,6 +8,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/isa_select.h"
+
 TORCH_LIBRARY(entmtp, m) {
   // q [B, T, Hq, D], k/v [B, Hkv, L + T, D], tree_bits int64 [T, ceil(T/64)] or
   // None (causal) -> [B, T, Hq, D]. See entmtp/reference.py:tree_attention_ref.
@@ -33,6 +35,12 @@ TORCH_LIBRARY(entmtp, m) {
       "rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int n_q_heads, int n_kv_heads, "
       "Tensor(a!) k_cache, Tensor(b!) v_cache, int start) -> Tensor");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
+  // The CPU kernels' code path chosen at run time (csrc/cpu/isa_select.h):
+  // "portable", "avx2", "avx512", "avx512bf16" or "amx"; ENTMTP_ISA forces a
+  // lower one. No tensor arguments, so these are catch-all kernels defined here.
+  m.def("cpu_isa() -> str", &entmtp::cpu_isa_name);
+  // Every path this CPU can run, lowest first.
+  m.def("cpu_isa_available() -> str[]", &entmtp::cpu_isa_available);
 }
 
 static struct PyModuleDef entmtp_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

@@ -1,6 +1,6 @@
 // CPU launcher of token_entropy: rows in parallel and, when there are fewer
 // rows than needed to busy every thread (N = 1 decode), vocabulary chunks of a
-// row in parallel too, merged in index order. Kernel: kernels/token_entropy.h.
+// row in parallel too, merged in index order. Kernel: kernels/token_entropy.h, through the active ISA path.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,7 +12,8 @@
 
 #include "checks.h"
 #include "cpu/dispatch.h"
-#include "kernels/token_entropy.h"
+#include "cpu/isa_select.h"
+#include "kernels/entropy_state.h"
 
 namespace entmtp {
 namespace {
@@ -40,18 +41,17 @@ EntropyResult token_entropy_cpu(const at::Tensor& logits, int64_t k) {
   std::vector<kernels::EntropyState> states(N * chunks);
   const int kk = static_cast<int>(k);
 
-  dispatch_storage_type(logits.scalar_type(), "token_entropy", [&](auto tag) {
-    using T = decltype(tag);
-    const T* x = static_cast<const T*>(logits.data_ptr());
-    const int64_t row_stride = logits.stride(0);
-    at::parallel_for(0, N * chunks, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<float> block(kernels::kVocabBlock);
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t row = i / chunks, c = i % chunks;
-        const int64_t begin = std::min(V, c * chunk_len), end = std::min(V, begin + chunk_len);
-        kernels::entropy_scan(x + row * row_stride, begin, end, kk, block.data(), states[i]);
-      }
-    });
+  const kernels::Dtype dt = kernel_dtype(logits.scalar_type(), "token_entropy");
+  const kernels::KernelTable& kt = active_kernels();
+  const char* x = static_cast<const char*>(logits.data_ptr());
+  const int64_t row_bytes = logits.stride(0) * logits.element_size();
+  at::parallel_for(0, N * chunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> block(kernels::kVocabBlock);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t row = i / chunks, c = i % chunks;
+      const int64_t begin = std::min(V, c * chunk_len), end = std::min(V, begin + chunk_len);
+      kt.entropy_scan(dt, x + row * row_bytes, begin, end, kk, block.data(), states[i]);
+    }
   });
 
   float* ent = entropy.data_ptr<float>();

@@ -7,17 +7,19 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <tuple>
 
 #include "cpu/dispatch.h"
-#include "kernels/fused_layer.h"
+#include "cpu/isa_select.h"
 
 namespace entmtp {
 namespace {
 
-// Rows per task: element-wise work is tiny, so only long inputs are split.
-constexpr int64_t kRowsGrain = 16;
+// Rows per task: about 16K elements (~10 us) each, so tree-verify rows
+// (T = 16..128) are split across threads while a decode row stays on one.
+inline int64_t rows_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
 
 void check_rows(const at::Tensor& t, const char* op, const char* name, int64_t width) {
   TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D [M, ", width, "], got ", t.dim(), "-D");
@@ -42,20 +44,19 @@ std::tuple<at::Tensor, at::Tensor> norm_impl(const at::Tensor& x, const at::Tens
     check_rows(*residual, op, "residual", H);
     TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual must have x's dtype");
   }
-  dispatch_storage_type(x.scalar_type(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    const T* rp = residual ? static_cast<const T*>(residual->data_ptr()) : nullptr;
-    const T* wp = static_cast<const T*>(weight.data_ptr());
-    T* np = static_cast<T*>(normed.data_ptr());
-    T* sp = residual ? static_cast<T*>(summed.data_ptr()) : nullptr;
-    const int64_t xs = x.stride(0), rs = residual ? residual->stride(0) : 0;
-    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        kernels::rms_norm_row(xp + m * xs, rp ? rp + m * rs : nullptr, wp, H, static_cast<float>(eps),
-                              np + m * H, sp ? sp + m * H : nullptr);
-    });
-  });
+  kernels::NormArgs a;
+  a.x = x.data_ptr();
+  a.x_stride = x.stride(0);
+  a.residual = residual ? residual->data_ptr() : nullptr;
+  a.r_stride = residual ? residual->stride(0) : 0;
+  a.weight = weight.data_ptr();
+  a.normed = normed.data_ptr();
+  a.summed = residual ? summed.data_ptr() : nullptr;
+  a.H = H;
+  a.eps = static_cast<float>(eps);
+  const kernels::Dtype dt = kernel_dtype(x.scalar_type(), op);
+  const kernels::KernelTable& kt = active_kernels();
+  at::parallel_for(0, M, rows_grain(H), [&](int64_t m0, int64_t m1) { kt.rms_norm_rows(dt, a, m0, m1); });
   return {normed, summed};
 }
 
@@ -95,33 +96,22 @@ at::Tensor rotary_qkv_cpu(const at::Tensor& qkv, const at::Tensor& cos, const at
     TORCH_CHECK(t->scalar_type() == qkv.scalar_type(), op, ": all tensors must have qkv's dtype ",
                 qkv.scalar_type());
   at::Tensor q = at::empty({M, n_q_heads, D}, qkv.options());
-  dispatch_storage_type(qkv.scalar_type(), op, [&](auto tag) {
-    using T_ = decltype(tag);
-    const T_* in = static_cast<const T_*>(qkv.data_ptr());
-    const T_* cp = static_cast<const T_*>(cos.data_ptr());
-    const T_* sp = static_cast<const T_*>(sin.data_ptr());
-    T_* qp = static_cast<T_*>(q.data_ptr());
-    T_* kc = static_cast<T_*>(k_cache.data_ptr());
-    T_* vc = static_cast<T_*>(v_cache.data_ptr());
-    const int64_t in_s = qkv.stride(0), cs = cos.stride(0), ss = sin.stride(0);
-    const int64_t kb = k_cache.stride(0), kh = k_cache.stride(1), kt = k_cache.stride(2);
-    const int64_t vb = v_cache.stride(0), vh = v_cache.stride(1), vt = v_cache.stride(2);
-    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) {
-        const int64_t b = m / T, slot = start + m % T;
-        const T_* row = in + m * in_s;
-        const T_* c = cp + m * cs;
-        const T_* s = sp + m * ss;
-        for (int64_t h = 0; h < n_q_heads; ++h) kernels::rope_head(row + h * D, c, s, D, qp + (m * n_q_heads + h) * D);
-        for (int64_t h = 0; h < n_kv_heads; ++h) {
-          kernels::rope_head(row + (n_q_heads + h) * D, c, s, D, kc + b * kb + h * kh + slot * kt);
-          const T_* v = row + (n_q_heads + n_kv_heads + h) * D;
-          T_* dst = vc + b * vb + h * vh + slot * vt;
-          for (int64_t i = 0; i < D; ++i) dst[i] = v[i];
-        }
-      }
-    });
-  });
+  kernels::RotaryArgs a;
+  a.qkv = qkv.data_ptr();
+  a.qkv_stride = qkv.stride(0);
+  a.cos = cos.data_ptr();
+  a.cos_stride = cos.stride(0);
+  a.sin = sin.data_ptr();
+  a.sin_stride = sin.stride(0);
+  a.q_out = q.data_ptr();
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.kb = k_cache.stride(0), a.kh = k_cache.stride(1), a.kt = k_cache.stride(2);
+  a.vb = v_cache.stride(0), a.vh = v_cache.stride(1), a.vt = v_cache.stride(2);
+  a.Hq = n_q_heads, a.Hkv = n_kv_heads, a.D = D, a.T = T, a.start = start;
+  const kernels::Dtype dt = kernel_dtype(qkv.scalar_type(), op);
+  const kernels::KernelTable& kt = active_kernels();
+  at::parallel_for(0, M, rows_grain(qkv.size(1)), [&](int64_t m0, int64_t m1) { kt.rotary_rows(dt, a, m0, m1); });
   return q;
 }
 
@@ -131,15 +121,17 @@ at::Tensor silu_mul_cpu(const at::Tensor& gate_up) {
   TORCH_CHECK(gate_up.stride(1) == 1, op, ": gate_up's last dim must be contiguous");
   const int64_t M = gate_up.size(0), I = gate_up.size(1) / 2;
   at::Tensor out = at::empty({M, I}, gate_up.options());
-  dispatch_storage_type(gate_up.scalar_type(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* in = static_cast<const T*>(gate_up.data_ptr());
-    T* op_ = static_cast<T*>(out.data_ptr());
-    const int64_t stride = gate_up.stride(0);
-    at::parallel_for(0, M, kRowsGrain, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) kernels::silu_mul_row(in + m * stride, I, op_ + m * I);
-    });
-  });
+  if (M == 0 || I == 0) return out;
+  kernels::SiluArgs a;
+  a.in = gate_up.data_ptr();
+  a.stride = gate_up.stride(0);
+  a.I = I;
+  a.out = out.data_ptr();
+  const kernels::Dtype dt = kernel_dtype(gate_up.scalar_type(), op);
+  const kernels::KernelTable& kt = active_kernels();
+  // Wide rows (I = 1536): split a row's columns too? No: rows are independent
+  // and T >= 2 already gives every thread work; one row is ~2 us.
+  at::parallel_for(0, M, rows_grain(2 * I), [&](int64_t m0, int64_t m1) { kt.silu_mul_rows(dt, a, m0, m1); });
   return out;
 }
 

@@ -1,14 +1,16 @@
-// CPU launcher for linear_bf16w: checks inputs once, widens activations to
-// fp32, splits output features across threads. Kernel: kernels/linear_bf16w.h.
+// CPU launcher for linear_bf16w: checks inputs once, has the active ISA path
+// pack the activations, splits output features across threads. Kernels:
+// kernels/linear_bf16w.h (all paths) and kernels/linear_amx.h.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
-#include "kernels/linear_bf16w.h"
+#include "cpu/isa_select.h"
 
 namespace entmtp {
 namespace {
@@ -32,38 +34,37 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& weight,
   }
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
-  // Activations are small next to the weights: widen them to fp32 once here.
-  const at::Tensor x_f = x.to(at::kFloat).contiguous();
-  const float* xp = x_f.data_ptr<float>();
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-  const float* bp = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
-  const bool out_bf16 = out.scalar_type() == at::kBFloat16;
-  void* op = out.data_ptr();
+  // x as given when its last dim is contiguous (the kernels pack it anyway).
+  const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
+  kernels::LinearArgs a;
+  a.x = xc.data_ptr();
+  a.x_stride = xc.stride(0);
+  a.x_bf16 = xc.scalar_type() == at::kBFloat16;
+  a.w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  a.bias = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
+  a.y = out.data_ptr();
+  a.y_bf16 = a.x_bf16;
+  a.M = M, a.K = K, a.N = N;
 
-  auto run = [&](auto&& store) {
-    std::vector<float> x_perm(M * K);
-    for (int64_t m = 0; m < M; ++m) kernels::permute_x_for_gemv(xp + m * K, K, x_perm.data() + m * K);
-    const int64_t blocks = (N + kernels::kRowBlock - 1) / kernels::kRowBlock;
-    // Long inputs (prefill) go in slices of rows that stay in L2 while all
-    // weight blocks stream past; each slice re-reads the weights once.
-    const int64_t slice = std::max<int64_t>(2, (128 * 1024 / 4) / K) & ~int64_t(1);
-    for (int64_t m0 = 0; m0 < M; m0 += slice) {
-      const int64_t rows = std::min(slice, M - m0);
-      // Chunks of at least ~64K multiply-adds so threading pays off.
-      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(kernels::kRowBlock * K * rows, 1));
-      at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-        kernels::gemv_rows(x_perm.data() + m0 * K, rows, K, wp, bp, b0 * kernels::kRowBlock,
-                           std::min(N, b1 * kernels::kRowBlock),
-                           [&](int64_t m, int64_t n, float v) { store(m0 + m, n, v); });
-      });
-    }
-  };
-  if (out_bf16) {
-    uint16_t* y = static_cast<uint16_t*>(op);
-    run([=](int64_t m, int64_t n, float v) { y[m * N + n] = kernels::float_to_bf16(v); });
-  } else {
-    float* y = static_cast<float*>(op);
-    run([=](int64_t m, int64_t n, float v) { y[m * N + n] = v; });
+  const kernels::KernelTable& kt = active_kernels();
+  // Activations are small next to the weights: packed once per call into the
+  // layout of the chosen path (fp32 chunk-permuted, bf16, or AMX VNNI tiles).
+  std::vector<char> packed(kt.linear_pack_bytes(a) + 64);
+  void* pp = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+  kt.linear_pack(a, pp);
+  const int64_t nb = kt.linear_n_block(a);
+  const int64_t blocks = (N + nb - 1) / nb;
+  // Long inputs (prefill) go in slices of rows (multiples of 16, the AMX
+  // block) that stay in L2 while all weight blocks stream past; each slice
+  // re-reads the weights once.
+  const int64_t slice = std::max<int64_t>(16, (256 * 1024 / 4) / K) / 16 * 16;
+  for (int64_t m0 = 0; m0 < M; m0 += slice) {
+    const int64_t m1 = std::min(M, m0 + slice);
+    // Chunks of at least ~64K multiply-adds so threading pays off.
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(nb * K * (m1 - m0), 1));
+    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      kt.linear_run(a, pp, m0, m1, b0 * nb, std::min(N, b1 * nb));
+    });
   }
   return out;
 }

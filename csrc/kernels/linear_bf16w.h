@@ -1,147 +1,342 @@
-// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) with bf16 weights, fp32 math.
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) with bf16 weights, one code
+// path per ISA (compiled per csrc/isa/*.cpp; ENTMTP_ISA_LEVEL says which).
 //
-// Why: on CPUs without native bf16 dot products (AVX2 machines, most laptops)
-// torch's bf16 matmul falls back to a slow path (measured 6 GB/s at M = 1 and
-// 4 GFLOP/s at M = 64 on our 2-core EPYC). Decoding streams every weight once
-// per step, so a kernel that widens bf16 to fp32 in registers and runs fp32 FMAs
-// is what makes bf16 weights pay off. Torch-free: plain pointers and sizes.
+// Why our own kernel: decoding streams every weight once per step, at 1 to
+// 128 rows (tree verification), and torch's bf16 matmul is slow at one row on
+// every CPU measured and slow at any row count on CPUs without native bf16.
 //
-// One path for every M: blocks of 4 weight rows are streamed from memory once
-// and widened in registers; input rows go through them in pairs while the block
-// sits in L1. On our 2-core Zen (AVX2) this reaches 23 GFMA/s at M = 64, ahead
-// of both MKL fp32 and a packed-panel GEMM we tried (17 GFMA/s; its packing
-// cost dominates at these sizes).
+// All paths are dot products along K: a tile of NR weight rows x MR input
+// rows keeps NR * MR vector accumulators in registers, so each weight vector
+// (loaded once from DRAM, widened once) is reused across MR input rows and
+// each input vector across NR weight rows. Per path:
+//   portable (level 0)   GCC vector extensions, widening loads, NR 4 x MR 2.
+//   avx2     (level 1)   16 bf16 widened by two unpacks with zero (lane order
+//                        {0-3,8-11} / {4-7,12-15}; x is packed in that order
+//                        once per call), NR 2 x MR 4 (M = 1: NR 4 x MR 1).
+//   avx512   (level 2)   32 bf16 per zmm load, widened by shift/and into even
+//                        and odd elements (x packed even|odd per 32-chunk),
+//                        NR 4 x MR 4.
+//   avx512bf16 (3)       x bf16: vdpbf16ps on bf16 pairs, no widening, exact
+//                        bf16 products with fp32 accumulation; NR 4 x MR 6.
+//                        x fp32 keeps the level-2 widening path (fp32 math).
+//   amx (4)              x bf16 and M >= kAmxMinRows: tiles, linear_amx.h.
+// x is packed once per call (fp32 permuted, or bf16), zero-padded to a whole
+// number of chunks; the weight tail chunk is read through a zero-padded copy
+// (or a masked load), so every path handles any K and N.
 #pragma once
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
+#include "kernels/isa.h"
 #include "kernels/simd.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if ENTMTP_ISA_LEVEL >= 1
 #include <immintrin.h>
-#define ENTMTP_LINEAR_AVX2 1
 #endif
 
 namespace entmtp {
 namespace kernels {
+inline namespace ENTMTP_ISA_NS {
+namespace linear_detail {
 
-inline float bf16_to_float(uint16_t v) { return to_float(bf16_t{v}); }
-inline uint16_t float_to_bf16(float f) { return from_float<bf16_t>(f).bits; }
+// Elements per packed chunk of K (x and w are walked chunk by chunk).
+#if ENTMTP_ISA_LEVEL >= 2
+constexpr int64_t kChunk = 32;
+#elif ENTMTP_ISA_LEVEL == 1
+constexpr int64_t kChunk = 16;
+#else
+constexpr int64_t kChunk = 8;
+#endif
 
-constexpr int64_t kRowBlock = 4;     // weight rows streamed together in gemv_rows
-constexpr int64_t kChunk = 16;       // bf16 weights widened per step in gemv_rows
+inline int64_t padded_k(int64_t K) { return (K + kChunk - 1) / kChunk * kChunk; }
 
-// The gemv path widens 16 bf16 weights with two unpacks, which work inside each
-// 128-bit lane: the low vector holds weights {0-3, 8-11}, the high one
-// {4-7, 12-15}. A dot product does not care about order, so each 16-chunk of x
-// is permuted the same way once per call (x is tiny next to the weights).
-// Elements past the last full chunk keep their order (scalar tail).
-// The permutation swaps elements 4-7 with 8-11, so it is its own inverse.
-constexpr int kGemvOrder[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
-
-// Position of natural column k in a permuted row.
-inline int64_t gemv_position(int64_t k, int64_t full) {
-  return k < full ? (k & ~int64_t(15)) + kGemvOrder[k & 15] : k;
+// Position of natural column k inside its chunk of packed fp32 x.
+inline int64_t pack_position(int64_t k) {
+  const int64_t base = k & ~(kChunk - 1), j = k & (kChunk - 1);
+#if ENTMTP_ISA_LEVEL >= 2
+  return base + ((j & 1) ? 16 + (j >> 1) : (j >> 1));  // evens | odds
+#elif ENTMTP_ISA_LEVEL == 1
+  static constexpr int8_t kOrder[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+  return base + kOrder[j];
+#else
+  return base + j;
+#endif
 }
 
-inline void permute_x_for_gemv(const float* x, int64_t K, float* out) {
-  const int64_t full = K - K % kChunk;
-  for (int64_t k = 0; k < K; ++k) out[gemv_position(k, full)] = x[k];
+// Writes y[m, n0 + i] = v[i] + bias for i < cnt.
+inline void store_out(const LinearArgs& a, int64_t m, int64_t n0, int cnt, const float* v) {
+  for (int i = 0; i < cnt; ++i) {
+    const float r = v[i] + (a.bias ? a.bias[n0 + i] : 0.f);
+    if (a.y_bf16)
+      static_cast<bf16_t*>(a.y)[m * a.N + n0 + i] = from_float<bf16_t>(r);
+    else
+      static_cast<float*>(a.y)[m * a.N + n0 + i] = r;
+  }
 }
 
-#ifdef ENTMTP_LINEAR_AVX2
-// Four full weight rows [n0, n0 + 4) against one or two input rows, over the
-// first `full` (a multiple of 16) columns; acc[r][j] gets row r, input j.
-// Templated on the row count so the loop has no branches and all 8
-// accumulators stay in registers.
-template <bool kTwo>
-inline void gemv_block4_avx2(const uint16_t* w, int64_t K, int64_t full, const float* x0, const float* x1,
-                             float acc[kRowBlock][2]) {
+// Copies the last (partial) chunk of weight row `row` into a zero-padded buffer.
+inline const uint16_t* tail_chunk(const uint16_t* row, int64_t K, uint16_t* buf) {
+  const int64_t k0 = K / kChunk * kChunk;
+  std::memset(buf, 0, kChunk * sizeof(uint16_t));
+  std::memcpy(buf, row + k0, (K - k0) * sizeof(uint16_t));
+  return buf;
+}
+
+#if ENTMTP_ISA_LEVEL == 0
+// ---- portable: vf8 widening loads --------------------------------------------
+template <int NR, int MR>
+void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
+  const int64_t K = a.K, Kp = padded_k(K), full = K / kChunk * kChunk;
+  vf8 acc[NR][MR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) acc[r][j] = splat(0.f);
+  uint16_t tails[NR][kChunk];
+  for (int64_t k = 0; k < Kp; k += kChunk) {
+    vf8 wv[NR];
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const uint16_t* row = a.w + (n + r) * K;
+      const uint16_t* src = k < full ? row + k : tail_chunk(row, K, tails[r]);
+      wv[r] = load8(reinterpret_cast<const bf16_t*>(src));
+    }
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) {
+      const vf8 xv = load8(xp + (m + j) * Kp + k);
+      #pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r][j] += wv[r] * xv;
+    }
+  }
+  #pragma GCC unroll 8
+  for (int j = 0; j < MR; ++j) {
+    float out[NR];
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) out[r] = hsum(acc[r][j]);
+    store_out(a, m + j, n, NR, out);
+  }
+}
+constexpr int kNR = 4, kMR = 2, kNR1 = 4;
+#endif
+
+#if ENTMTP_ISA_LEVEL == 1
+// ---- avx2 + fma: unpack widening ---------------------------------------------
+// Sums of 4 ymm accumulators -> one xmm [sum a, sum b, sum c, sum d].
+inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  const __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+  const __m256 abcd = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))),
+                                    _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+template <int NR, int MR>
+void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
+  const int64_t K = a.K, Kp = padded_k(K), full = K / kChunk * kChunk;
   const __m256i zero = _mm256_setzero_si256();
-  __m256 a00 = _mm256_setzero_ps(), a10 = a00, a20 = a00, a30 = a00;
-  __m256 a01 = a00, a11 = a00, a21 = a00, a31 = a00;
-  const uint16_t* w0 = w;
-  const uint16_t* w1 = w + K;
-  const uint16_t* w2 = w + 2 * K;
-  const uint16_t* w3 = w + 3 * K;
-  for (int64_t k = 0; k < full; k += kChunk) {
-    const __m256 xl0 = _mm256_loadu_ps(x0 + k), xh0 = _mm256_loadu_ps(x0 + k + 8);
-    __m256 xl1 = xl0, xh1 = xh0;
-    if (kTwo) {
-      xl1 = _mm256_loadu_ps(x1 + k);
-      xh1 = _mm256_loadu_ps(x1 + k + 8);
+  __m256 acc[NR][MR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) acc[r][j] = _mm256_setzero_ps();
+  alignas(32) uint16_t tails[NR][kChunk];
+  for (int64_t k = 0; k < Kp; k += kChunk) {
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const uint16_t* row = a.w + (n + r) * K;
+      const uint16_t* src = k < full ? row + k : tail_chunk(row, K, tails[r]);
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw));
+      #pragma GCC unroll 8
+      for (int j = 0; j < MR; ++j) {
+        const float* x = xp + (m + j) * Kp + k;
+        acc[r][j] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 8), _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), acc[r][j]));
+      }
     }
-    // bf16 -> fp32 is a 16-bit shift into the high half: interleave with zeros.
-#define ENTMTP_GEMV_ROW(wr, acc0, acc1)                                                        \
-    {                                                                                          \
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>((wr) + k));    \
-      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw));                \
-      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw));                \
-      acc0 = _mm256_fmadd_ps(hi, xh0, _mm256_fmadd_ps(lo, xl0, acc0));                        \
-      if (kTwo) acc1 = _mm256_fmadd_ps(hi, xh1, _mm256_fmadd_ps(lo, xl1, acc1));              \
-    }
-    ENTMTP_GEMV_ROW(w0, a00, a01)
-    ENTMTP_GEMV_ROW(w1, a10, a11)
-    ENTMTP_GEMV_ROW(w2, a20, a21)
-    ENTMTP_GEMV_ROW(w3, a30, a31)
-#undef ENTMTP_GEMV_ROW
   }
-  const __m256 sums[kRowBlock][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-  for (int r = 0; r < kRowBlock; ++r) {
-    for (int j = 0; j < 2; ++j) {
-      __m128 v = _mm_add_ps(_mm256_castps256_ps128(sums[r][j]), _mm256_extractf128_ps(sums[r][j], 1));
-      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-      v = _mm_add_ss(v, _mm_movehdup_ps(v));
-      acc[r][j] = _mm_cvtss_f32(v);
-    }
+  #pragma GCC unroll 8
+  for (int j = 0; j < MR; ++j) {
+    alignas(16) float out[4];
+    const __m256 z = _mm256_setzero_ps();
+    _mm_store_ps(out, reduce4(acc[0][j], NR > 1 ? acc[NR > 1 ? 1 : 0][j] : z, NR > 2 ? acc[NR > 2 ? 2 : 0][j] : z,
+                              NR > 3 ? acc[NR > 3 ? 3 : 0][j] : z));
+    store_out(a, m + j, n, NR, out);
   }
 }
+constexpr int kNR = 2, kMR = 4, kNR1 = 4;
 #endif
 
-// gemv_rows: output features [n_begin, n_end) for M input rows.
-//   x_perm: [M, K] fp32, each row permuted by permute_x_for_gemv;
-//   w: [N, K] bf16; bias: [N] fp32 or null; store(m, n, value) writes one output.
-template <typename Store>
-void gemv_rows(const float* x_perm, int64_t M, int64_t K, const uint16_t* w, const float* bias,
-               int64_t n_begin, int64_t n_end, Store store) {
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kRowBlock) {
-    const int64_t rows = (n_end - n0) < kRowBlock ? (n_end - n0) : kRowBlock;
-    // Input rows in pairs: the 4 weight rows stay in L1 after the first pair.
-    for (int64_t m = 0; m < M; m += 2) {
-      const bool two = m + 1 < M;
-      const float* x0 = x_perm + m * K;
-      const float* x1 = two ? x0 + K : x0;
-      float acc[kRowBlock][2] = {};
-      int64_t k = 0;
-#ifdef ENTMTP_LINEAR_AVX2
-      if (rows == kRowBlock) {
-        k = K - K % kChunk;
-        if (two) {
-          gemv_block4_avx2<true>(w + n0 * K, K, k, x0, x1, acc);
-        } else {
-          gemv_block4_avx2<false>(w + n0 * K, K, k, x0, x1, acc);
-        }
-      }
-#endif
-      const int64_t full = K - K % kChunk;
-      for (; k < K; ++k) {  // scalar tail; all of K for a last partial block or without AVX2
-        const int64_t kx = gemv_position(k, full);
-        for (int64_t r = 0; r < rows; ++r) {
-          const float wv = bf16_to_float(w[(n0 + r) * K + k]);
-          acc[r][0] += wv * x0[kx];
-          acc[r][1] += wv * x1[kx];
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float b = bias ? bias[n0 + r] : 0.f;
-        store(m, n0 + r, acc[r][0] + b);
-        if (two) store(m + 1, n0 + r, acc[r][1] + b);
-      }
-    }
+#if ENTMTP_ISA_LEVEL >= 2
+// ---- avx512: even/odd widening, and vdpbf16ps --------------------------------
+// Sums of 4 zmm accumulators -> one xmm [sum a, sum b, sum c, sum d].
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// 32 bf16 of weight row `row` at chunk k (masked on the tail).
+inline __m512i load_w32(const uint16_t* row, int64_t k, int64_t K) {
+  if (k + 32 <= K) return _mm512_loadu_si512(row + k);
+  return _mm512_maskz_loadu_epi16((__mmask32)((1ull << (K - k)) - 1), row + k);
+}
+
+template <int NR, int MR>
+void store_tile(const LinearArgs& a, __m512 (&acc)[NR][MR], int64_t m, int64_t n) {
+  const __m512 z = _mm512_setzero_ps();
+  #pragma GCC unroll 8
+  for (int j = 0; j < MR; ++j) {
+    alignas(16) float out[4];
+    _mm_store_ps(out, reduce4(acc[0][j], NR > 1 ? acc[NR > 1 ? 1 : 0][j] : z, NR > 2 ? acc[NR > 2 ? 2 : 0][j] : z,
+                              NR > 3 ? acc[NR > 3 ? 3 : 0][j] : z));
+    store_out(a, m + j, n, NR, out);
   }
 }
 
+// fp32 x (packed evens | odds per 32-chunk) against widened weights.
+template <int NR, int MR>
+void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
+  const int64_t K = a.K, Kp = padded_k(K);
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  __m512 acc[NR][MR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; k += kChunk) {
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512i raw = load_w32(a.w + (n + r) * K, k, K);
+      const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+      const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(raw, hi_mask));
+      #pragma GCC unroll 8
+      for (int j = 0; j < MR; ++j) {
+        const float* x = xp + (m + j) * Kp + k;
+        acc[r][j] = _mm512_fmadd_ps(od, _mm512_loadu_ps(x + 16), _mm512_fmadd_ps(ev, _mm512_loadu_ps(x), acc[r][j]));
+      }
+    }
+  }
+  store_tile<NR, MR>(a, acc, m, n);
+}
+constexpr int kNR = 4, kMR = 4, kNR1 = 4;
+
+#if ENTMTP_ISA_LEVEL >= 3
+// bf16 x (natural order, zero-padded to Kp) with vdpbf16ps.
+template <int NR, int MR>
+void tile_bf16(const LinearArgs& a, const uint16_t* xp, int64_t m, int64_t n) {
+  const int64_t K = a.K, Kp = padded_k(K);
+  __m512 acc[NR][MR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; k += kChunk) {
+    __m512i xv[MR];
+    #pragma GCC unroll 8
+    for (int j = 0; j < MR; ++j) xv[j] = _mm512_loadu_si512(xp + (m + j) * Kp + k);
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512bh wv = (__m512bh)load_w32(a.w + (n + r) * K, k, K);
+      #pragma GCC unroll 8
+      for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, (__m512bh)xv[j]);
+    }
+  }
+  store_tile<NR, MR>(a, acc, m, n);
+}
+constexpr int kMRb = 6;
+#endif
+#endif
+
+// Calls fn(rows, m) over rows [m0, m1): MR at a time, then 4/2/1 for the rest.
+template <int MR, typename Fn>
+void rows_loop(int64_t m0, int64_t m1, Fn&& fn) {
+  int64_t m = m0;
+  for (; m + MR <= m1; m += MR) fn(std::integral_constant<int, MR>{}, m);
+  if constexpr (MR > 4) {
+    if (m1 - m >= 4) fn(std::integral_constant<int, 4>{}, m), m += 4;
+  }
+  if constexpr (MR > 2) {
+    if (m1 - m >= 2) fn(std::integral_constant<int, 2>{}, m), m += 2;
+  }
+  if constexpr (MR > 1) {
+    for (; m < m1; ++m) fn(std::integral_constant<int, 1>{}, m);
+  }
+}
+
+// Weight rows [n0, n1) in blocks of NR (then single rows) x input rows [m0, m1):
+// the block of NR weight rows stays in L1 while all input rows pass it.
+template <int NR, int MR, typename Tiler>
+void blocks_loop(int64_t m0, int64_t m1, int64_t n0, int64_t n1, Tiler&& t) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR)
+    rows_loop<MR>(m0, m1, [&](auto mr, int64_t m) { t(std::integral_constant<int, NR>{}, mr, m, n); });
+  for (; n < n1; ++n)
+    rows_loop<MR>(m0, m1, [&](auto mr, int64_t m) { t(std::integral_constant<int, 1>{}, mr, m, n); });
+}
+
+}  // namespace linear_detail
+
+inline bool linear_uses_bf16_x(const LinearArgs& a) {
+#if ENTMTP_ISA_LEVEL >= 3
+  return a.x_bf16;
+#else
+  (void)a;
+  return false;
+#endif
+}
+
+// Bytes of packed x: fp32 [M][Kp] in the path's chunk order, or bf16 [M][Kp].
+inline int64_t linear_simd_pack_bytes(const LinearArgs& a) {
+  const int64_t Kp = linear_detail::padded_k(a.K);
+  return a.M * Kp * (linear_uses_bf16_x(a) ? 2 : 4);
+}
+
+inline void linear_simd_pack(const LinearArgs& a, void* packed, int64_t m0, int64_t m1) {
+  using namespace linear_detail;
+  const int64_t K = a.K, Kp = padded_k(K);
+  for (int64_t m = m0; m < m1; ++m) {
+    if (linear_uses_bf16_x(a)) {
+      uint16_t* dst = static_cast<uint16_t*>(packed) + m * Kp;
+      std::memcpy(dst, static_cast<const uint16_t*>(a.x) + m * a.x_stride, K * 2);
+      std::memset(dst + K, 0, (Kp - K) * 2);
+      continue;
+    }
+    float* dst = static_cast<float*>(packed) + m * Kp;
+    std::memset(dst + K / kChunk * kChunk, 0, (Kp - K / kChunk * kChunk) * 4);
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = a.x_bf16 ? to_float(static_cast<const bf16_t*>(a.x)[m * a.x_stride + k])
+                               : static_cast<const float*>(a.x)[m * a.x_stride + k];
+      dst[pack_position(k)] = v;
+    }
+  }
+}
+
+inline void linear_simd_run(const LinearArgs& a, const void* packed, int64_t m0, int64_t m1, int64_t n0,
+                            int64_t n1) {
+  using namespace linear_detail;
+#if ENTMTP_ISA_LEVEL >= 3
+  if (a.x_bf16) {
+    const uint16_t* xp = static_cast<const uint16_t*>(packed);
+    auto t = [&](auto nr, auto mr, int64_t m, int64_t n) { tile_bf16<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n); };
+    if (m1 - m0 == 1) blocks_loop<kNR1, 1>(m0, m1, n0, n1, t);
+    else blocks_loop<kNR, kMRb>(m0, m1, n0, n1, t);
+    return;
+  }
+#endif
+  const float* xp = static_cast<const float*>(packed);
+  auto t = [&](auto nr, auto mr, int64_t m, int64_t n) { tile<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n); };
+  if (m1 - m0 == 1) blocks_loop<kNR1, 1>(m0, m1, n0, n1, t);
+  else blocks_loop<kNR, kMR>(m0, m1, n0, n1, t);
+}
+
+}  // namespace ENTMTP_ISA_NS
 }  // namespace kernels
 }  // namespace entmtp

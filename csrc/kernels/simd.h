@@ -2,11 +2,18 @@
 //
 // Why not intrinsics or at::vec: the kernels are torch-free, and vector
 // extensions compile to AVX2/AVX-512 (ymm), SSE pairs or NEON from the same
-// source under -march=native, while still giving explicit register blocking,
-// which plain loops do not reliably get from the auto-vectoriser (float
-// reductions are not vectorised at all without -ffast-math).
+// source, while still giving explicit register blocking, which plain loops do
+// not reliably get from the auto-vectoriser (float reductions are not
+// vectorised at all without -ffast-math).
 //
-// Also here: the 16-bit storage types and their exact scalar conversions, and a
+// Runtime ISA dispatch: this header is compiled once per code path, by the
+// per-ISA translation units csrc/isa/*.cpp, each after its own
+// `#pragma GCC target(...)`. Everything below therefore lives in the inline
+// namespace ENTMTP_ISA_NS (portable, avx2, avx512, ...): an inline function
+// compiled for AVX-512 must never share a mangled name (and thus a COMDAT
+// section the linker may pick for every caller) with the generic one.
+//
+// Also here: exact scalar conversions of the 16-bit storage types, and a
 // vectorised exp (glibc's expf is not vectorised without -ffast-math).
 #pragma once
 
@@ -15,17 +22,15 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/types.h"
+
+#ifndef ENTMTP_ISA_NS
+#error "kernels/simd.h is compiled per ISA: include it from csrc/isa/*.cpp (which define ENTMTP_ISA_NS)"
+#endif
+
 namespace entmtp {
 namespace kernels {
-
-// Storage tags for 16-bit floats: the CPU launchers map at::kBFloat16 and
-// at::kHalf onto these so the kernels stay free of torch types.
-struct bf16_t {
-  uint16_t bits;
-};
-struct fp16_t {
-  uint16_t bits;
-};
+inline namespace ENTMTP_ISA_NS {
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
@@ -123,6 +128,25 @@ inline vf8 load8(const fp16_t* p) {
   return (vf8)(bits | ((h & 0x8000u) << 16));
 }
 inline void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof(v)); }
+// Round-to-nearest-even stores to the 16-bit types, lane-wise like from_float.
+inline void store8(bf16_t* p, vf8 v) {
+  const vu8 b = (vu8)v;
+  const vu8 r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const vu8 nan = (vu8)(v != v);
+  const vh8 h = __builtin_convertvector((r & ~nan) | (nan & 0x7fc0u), vh8);
+  std::memcpy(p, &h, sizeof(h));
+}
+inline void store8(fp16_t* p, vf8 v) {  // rare dtype here: scalar, exact
+  for (int i = 0; i < kLanes; ++i) p[i] = from_float<fp16_t>(v[i]);
+}
+// The value a store to T keeps, back in fp32 (the reference rounds there).
+inline vf8 round8(vf8 v, const float*) { return v; }
+template <typename T>
+inline vf8 round8(vf8 v, const T*) {
+  T tmp[kLanes];
+  store8(tmp, v);
+  return load8(tmp);
+}
 
 inline float hsum(vf8 v) {
   float s = 0.f;
@@ -160,5 +184,6 @@ inline vf8 exp8(vf8 x) {
   return select(underflow, splat(0.f), y * scale);
 }
 
+}  // namespace ENTMTP_ISA_NS
 }  // namespace kernels
 }  // namespace entmtp

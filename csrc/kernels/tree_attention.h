@@ -29,21 +29,19 @@
 #include <type_traits>
 
 #include "kernels/attention_args.h"
+#include "kernels/isa.h"
 #include "kernels/simd.h"
 
 namespace entmtp {
 namespace kernels {
+inline namespace ENTMTP_ISA_NS {
 
 constexpr int64_t kKeyBlock = 32;     // keys per streamed K/V block
 constexpr int64_t kMaxTileRows = 48;  // query rows (t, g) per tile; a multiple of 8
 constexpr int64_t kMinSplitKeys = 512;
 
 
-// How the work is cut: items = B * Hkv * tiles * splits, item-major in that order.
-struct AttnPlan {
-  int64_t G, rows, tile_rows, tiles, splits;
-  int64_t items() const { return rows == 0 ? 0 : splits * tiles; }
-};
+// AttnPlan (how the work is cut) is in isa.h: the launcher holds it.
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -400,5 +398,6 @@ void attention_combine(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t group
   }
 }
 
+}  // namespace ENTMTP_ISA_NS
 }  // namespace kernels
 }  // namespace entmtp

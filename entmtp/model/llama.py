@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from entmtp import ops, reference
 from entmtp.model.config import ModelConfig, rope_inverse_frequencies
+from entmtp.model.linear import bf16_linear
 
 
 @dataclasses.dataclass
@@ -59,10 +60,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """
     if (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
-        # torch's bf16 matmul is slow on CPUs without native bf16 dot products;
-        # our kernel widens the weights to fp32 in registers (csrc/kernels/linear_bf16w.h).
-        # It has no backward, so training keeps torch's path.
-        return torch.ops.entmtp.linear_bf16w(x, weight, bias)
+        # Our kernel (csrc/kernels/linear_bf16w.h, per ISA) or torch's oneDNN, whichever
+        # measured faster on this machine for this shape and row count (entmtp.model.linear).
+        # Ours has no backward, so training keeps torch's path.
+        return bf16_linear(x, weight, bias)
     if x.dtype == torch.float32 and x.shape[0] <= 32:
         rows = x.shape[0]
         if rows == 1:

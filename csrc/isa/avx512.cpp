@@ -1,0 +1,15 @@
+// Kernels compiled for the avx512 path (see kernels/isa.h, isa/prelude.h).
+#include "isa/prelude.h"
+
+#ifdef ENTMTP_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt")
+#define ENTMTP_ISA_NS avx512
+#define ENTMTP_ISA_LEVEL 2
+#include "isa/table_impl.h"
+#else
+namespace entmtp {
+namespace kernels {
+const KernelTable* kernel_table_avx512() { return nullptr; }  // not an x86-64 build
+}  // namespace kernels
+}  // namespace entmtp
+#endif

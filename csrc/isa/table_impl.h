@@ -1,0 +1,172 @@
+// Body of every per-ISA translation unit: instantiates the torch-free kernels
+// for this ISA and exports them as entmtp::kernels::<ENTMTP_ISA_NS>::kernel_table().
+// Included after the unit's target pragma, with ENTMTP_ISA_NS and
+// ENTMTP_ISA_LEVEL (0 portable .. 4 amx, see kernels/isa.h) defined.
+#include "kernels/fused_layer.h"
+#include "kernels/linear_bf16w.h"
+#include "kernels/simd.h"
+#include "kernels/token_entropy.h"
+#include "kernels/tree_attention.h"
+#if ENTMTP_ISA_LEVEL >= 4
+#include "kernels/linear_amx.h"
+#endif
+
+namespace entmtp {
+namespace kernels {
+inline namespace ENTMTP_ISA_NS {
+namespace {
+
+// Calls fn with a null pointer of the storage type of dt.
+template <typename Fn>
+void with_type(Dtype dt, Fn&& fn) {
+  switch (dt) {
+    case Dtype::kF32: fn(static_cast<float*>(nullptr)); break;
+    case Dtype::kBF16: fn(static_cast<bf16_t*>(nullptr)); break;
+    default: fn(static_cast<fp16_t*>(nullptr)); break;
+  }
+}
+template <typename P>
+using Elem = std::remove_pointer_t<P>;
+
+// ---- linear ----------------------------------------------------------------
+int64_t linear_pack_bytes(const LinearArgs& a) {
+#if ENTMTP_ISA_LEVEL >= 4
+  if (linear_uses_amx(a)) return amx_detail::vnni_bytes(a) + linear_simd_pack_bytes(a);
+#endif
+  return linear_simd_pack_bytes(a);
+}
+int64_t linear_n_block(const LinearArgs& a) {
+#if ENTMTP_ISA_LEVEL >= 4
+  if (linear_uses_amx(a)) return 64;
+#endif
+  (void)a;
+  return 4;
+}
+void linear_pack(const LinearArgs& a, void* packed) {
+#if ENTMTP_ISA_LEVEL >= 4
+  if (linear_uses_amx(a)) {
+    amx_pack(a, static_cast<uint16_t*>(packed), 0, a.M);
+    packed = static_cast<char*>(packed) + amx_detail::vnni_bytes(a);
+  }
+#endif
+  linear_simd_pack(a, packed, 0, a.M);
+}
+void linear_run(const LinearArgs& a, const void* packed, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+#if ENTMTP_ISA_LEVEL >= 4
+  if (linear_uses_amx(a)) {
+    const int64_t n_amx = std::min(n1, a.N / 16 * 16);  // whole 16-row blocks
+    if (n0 < n_amx) amx_run(a, static_cast<const uint16_t*>(packed), m0, m1, n0, n_amx);
+    if (n_amx < n1)
+      linear_simd_run(a, static_cast<const char*>(packed) + amx_detail::vnni_bytes(a), m0, m1,
+                      std::max(n0, n_amx), n1);
+    return;
+  }
+#endif
+  linear_simd_run(a, packed, m0, m1, n0, n1);
+}
+
+// ---- element-wise rows -----------------------------------------------------
+void rms_norm_rows(Dtype dt, const NormArgs& a, int64_t m0, int64_t m1) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    const T* x = static_cast<const T*>(a.x);
+    const T* r = static_cast<const T*>(a.residual);
+    T* normed = static_cast<T*>(a.normed);
+    T* summed = static_cast<T*>(a.summed);
+    for (int64_t m = m0; m < m1; ++m)
+      rms_norm_row(x + m * a.x_stride, r ? r + m * a.r_stride : nullptr, static_cast<const T*>(a.weight), a.H,
+                   a.eps, normed + m * a.H, summed ? summed + m * a.H : nullptr);
+  });
+}
+
+void rotary_rows(Dtype dt, const RotaryArgs& a, int64_t m0, int64_t m1) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    const T* in = static_cast<const T*>(a.qkv);
+    const T* cp = static_cast<const T*>(a.cos);
+    const T* sp = static_cast<const T*>(a.sin);
+    T* qp = static_cast<T*>(a.q_out);
+    T* kc = static_cast<T*>(a.k_cache);
+    T* vc = static_cast<T*>(a.v_cache);
+    const int64_t D = a.D;
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t b = m / a.T, slot = a.start + m % a.T;
+      const T* row = in + m * a.qkv_stride;
+      const T* c = cp + m * a.cos_stride;
+      const T* s = sp + m * a.sin_stride;
+      for (int64_t h = 0; h < a.Hq; ++h) rope_head(row + h * D, c, s, D, qp + (m * a.Hq + h) * D);
+      for (int64_t h = 0; h < a.Hkv; ++h) {
+        rope_head(row + (a.Hq + h) * D, c, s, D, kc + b * a.kb + h * a.kh + slot * a.kt);
+        std::memcpy(vc + b * a.vb + h * a.vh + slot * a.vt, row + (a.Hq + a.Hkv + h) * D, D * sizeof(T));
+      }
+    }
+  });
+}
+
+void silu_mul_rows(Dtype dt, const SiluArgs& a, int64_t m0, int64_t m1) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    for (int64_t m = m0; m < m1; ++m)
+      silu_mul_row(static_cast<const T*>(a.in) + m * a.stride, a.I, static_cast<T*>(a.out) + m * a.I);
+  });
+}
+
+// ---- tree attention ----------------------------------------------------------
+void attention_plan_fn(Dtype dt, const void* args, int64_t threads, AttnPlan* plan) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    const AttnArgs<T>& a = *static_cast<const AttnArgs<T>*>(args);
+    *plan = plan_attention(a, threads);
+    plan->scratch_floats = attention_scratch_floats(a.D);
+    plan->partial_floats = attention_partial_floats(*plan, a.B, a.Hkv, a.D);
+  });
+}
+
+void attention_items(Dtype dt, const void* args, const AttnPlan& plan, int64_t i0, int64_t i1, float* scratch,
+                     float* partial) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    const AttnArgs<T>& a = *static_cast<const AttnArgs<T>*>(args);
+    for (int64_t i = i0; i < i1; ++i) attention_run_item(a, plan, i, scratch, partial);
+  });
+}
+
+void attention_combine_fn(Dtype dt, const void* args, const AttnPlan& plan, int64_t g0, int64_t g1,
+                          const float* partial, float* tmp) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    const AttnArgs<T>& a = *static_cast<const AttnArgs<T>*>(args);
+    for (int64_t g = g0; g < g1; ++g) attention_combine(a, plan, g, partial, tmp);
+  });
+}
+
+// ---- token entropy -----------------------------------------------------------
+void entropy_scan_fn(Dtype dt, const void* row, int64_t begin, int64_t end, int k, float* block,
+                     EntropyState& st) {
+  with_type(dt, [&](auto tag) {
+    using T = Elem<decltype(tag)>;
+    entropy_scan(static_cast<const T*>(row), begin, end, k, block, st);
+  });
+}
+
+}  // namespace
+
+const KernelTable* kernel_table() {
+  static const KernelTable table = {
+      static_cast<Isa>(ENTMTP_ISA_LEVEL),
+      &linear_pack_bytes, &linear_n_block, &linear_pack, &linear_run,
+      &rms_norm_rows, &rotary_rows, &silu_mul_rows,
+      &attention_plan_fn, &attention_items, &attention_combine_fn,
+      &entropy_scan_fn,
+  };
+  return &table;
+}
+
+}  // namespace ENTMTP_ISA_NS
+
+#define ENTMTP_CAT2(a, b) a##b
+#define ENTMTP_CAT(a, b) ENTMTP_CAT2(a, b)
+const KernelTable* ENTMTP_CAT(kernel_table_, ENTMTP_ISA_NS)() { return ENTMTP_ISA_NS::kernel_table(); }
+
+}  // namespace kernels
+}  // namespace entmtp
