@@ -1,9 +1,11 @@
-"""`entmtp heads train`: self-distil draft heads from the base model."""
+"""`entmtp heads`: self-distil draft heads from the base model (train), and their draft vocabulary (shortlist)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from entmtp.errors import EntmtpError, UsageError
 
 from .choices import HeadKind
 
@@ -38,3 +40,40 @@ def heads_train(
     loaded = load_model(model, parse_dtype(dtype), resolve_device(device))
     train_heads(loaded, cfg, out)
     typer.echo(f"wrote {out / 'heads'}")
+
+
+@app.command("shortlist")
+def heads_shortlist(
+    kind: HeadKind = typer.Option(HeadKind.hydra, "--head-kind", help="Whose heads: hydra or medusa."),
+    heads_path: str | None = typer.Option(None, "--heads", help="Heads folder (default: the shipped ones)."),
+    model: str | None = typer.Option(None, "--model"),
+    size: int | None = typer.Option(None, "--size", help="Tokens in the list (default: by --coverage)."),
+    coverage: float = typer.Option(0.97, "--coverage", help="Without --size: the fewest tokens (a multiple of "
+                                   "256) covering this share of the training prompts' tokens."),
+) -> None:
+    """Store a draft vocabulary beside the heads: the tokens most frequent in their training prompts.
+
+    `--draft-vocab heads` (run) or a `+dv` method (bench) then drafts over it."""
+    import torch
+
+    from entmtp.heads import shortlist
+    from entmtp.heads.shipped import heads_folder
+    from entmtp.jsonfile import read_json
+    from entmtp.model.loader import load_model
+
+    if not 0 < coverage <= 1 or (size is not None and size < 1):
+        raise UsageError("--coverage must be in (0, 1] and --size positive")
+    loaded = load_model(model, torch.bfloat16)
+    folder = heads_folder(loaded, kind.value, heads_path)
+    # Shipped heads record their prompts beside them; `heads train DIR` writes DIR/prompts.json.
+    sources = [folder / "training_prompts.json", folder.parent / "prompts.json"]
+    source = next((p for p in sources if p.is_file()), None)
+    if source is None:
+        raise EntmtpError(f"no training prompts found beside the heads ({' or '.join(map(str, sources))})")
+    prompts = [p["prompt"] for p in read_json(source)["prompts"]]
+    counts = shortlist.count_tokens((loaded.tokenizer.encode(p) for p in prompts), loaded.config.vocab_size)
+    vocab = shortlist.choose(counts, size, coverage,
+                             source=f"{len(prompts)} training prompts in {source.name} ({int(counts.sum())} tokens)")
+    path = shortlist.save(vocab, folder)
+    typer.echo(f"wrote {path}: {len(vocab.ids)} of {loaded.config.vocab_size} tokens, "
+               f"{100 * vocab.coverage:.1f}% of the training prompts' tokens")

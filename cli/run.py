@@ -31,6 +31,10 @@ def run(
                                     "warning if the bank was calibrated on another task."),
     head_kind: HeadKind = typer.Option(HeadKind.hydra, "--head-kind", help="entmtp without --bank: hydra or medusa."),
     heads: str | None = typer.Option(None, "--heads", help="Heads file or folder (default: the ones shipped for the model)."),
+    draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="medusa/hydra/entmtp: draft over a "
+                                           "shortlist of the vocabulary: heads (the one stored with the heads), "
+                                           "N (its N most frequent tokens) or off (default). Exact: only drafts "
+                                           "change."),
     tree: str | None = typer.Option(None, "--tree", help="Draft tree: a shipped name or a JSON path (default mc_sim_7b_63)."),
     typical: bool = typer.Option(False, "--typical", help="With --temperature > 0: Medusa's typical acceptance. APPROXIMATE: faster, but does not preserve the model's distribution."),
     trace: bool = typer.Option(False, "--trace", help="With --json: add the per-step records (accepted length, tree, root entropy, seconds)."),
@@ -59,6 +63,8 @@ def run(
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
     if typical and temperature <= 0:
         raise UsageError("--typical needs --temperature > 0 (greedy verification is already exact)")
+    if method == "ar" and draft_vocab not in (None, "off"):
+        raise UsageError("--draft-vocab goes with a speculative method (medusa, hydra, entmtp)")
     if method != "entmtp" and (bank or scheduler or signal):
         raise UsageError("--bank, --scheduler and --signal go with --method entmtp")
     if task is not None and task not in TASKS:
@@ -74,7 +80,8 @@ def run(
     decoder = make_decoder(method, loaded, MethodOptions(heads=heads, tree=tree, typical=typical,
                                                          temperature=temperature, bank=bank,
                                                          scheduler=value(scheduler), signal=value(signal),
-                                                         head_kind=head_kind.value, task=task or DEFAULT_TASK))
+                                                         head_kind=head_kind.value, task=task or DEFAULT_TASK,
+                                                         draft_vocab=draft_vocab))
     bank_task = getattr(getattr(decoder, "bank", None), "provenance", {}).get("task")
     if bank and task and bank_task and bank_task != task:
         typer.echo(f"entmtp: warning: bank {bank} was calibrated on task {bank_task!r}, not {task!r}", err=True)

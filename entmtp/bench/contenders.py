@@ -47,9 +47,23 @@ class Run:
         return cls(result.token_ids, result.seconds, result.prefill_seconds, result.steps, result.records)
 
 
+DRAFT_VOCAB_SUFFIX = "+dv"  # hydra@tree8+dv: draft over the vocabulary shortlist stored with the heads
+
+
+def split_draft_vocab(spec: str) -> tuple[str, bool]:
+    """'hydra@tree8+dv' -> ('hydra@tree8', True)."""
+    if spec.endswith(DRAFT_VOCAB_SUFFIX):
+        return spec[:-len(DRAFT_VOCAB_SUFFIX)], True
+    return spec, False
+
+
 def parse_method(spec: str) -> tuple[str, str | None]:
-    """'hydra' -> ('hydra', None); 'hydra@tree8' -> ('hydra', 'tree8') (a tree name or JSON path)."""
+    """'hydra' -> ('hydra', None); 'hydra@tree8' -> ('hydra', 'tree8') (a tree name or JSON path);
+    a '+dv' suffix (draft vocabulary) is allowed on our speculative methods."""
+    spec, draft_vocab = split_draft_vocab(spec)
     base, _, tree = spec.partition("@")
+    if draft_vocab and (base in PEERS or base == "ar"):
+        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with a speculative method")
     if base in PEERS and not tree:
         return base, None
     if base in SCHEDULER_METHODS:
@@ -70,7 +84,8 @@ class OurContender:
         base, tree = parse_method(name)
         self.name = name
         self.eos = loaded.eos_token_ids
-        self.decoder = make_decoder(base, loaded, MethodOptions(heads=heads, tree=tree))
+        vocab = "heads" if split_draft_vocab(name)[1] else None
+        self.decoder = make_decoder(base, loaded, MethodOptions(heads=heads, tree=tree, draft_vocab=vocab))
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Run:
         return Run.from_result(self.decoder.generate(prompt_ids, max_new_tokens, self.eos))
@@ -101,7 +116,8 @@ class BankContender(OurContender):
 
         if task not in self._decoders:
             options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
-                                    signal=self.signal, head_kind=self.kind, task=task)
+                                    signal=self.signal, head_kind=self.kind, task=task,
+                                    draft_vocab="heads" if split_draft_vocab(self.name)[1] else None)
             self._decoders[task] = make_bank_decoder(self.loaded, options, heads=self.heads)
         self.decoder = self._decoders[task]
 

@@ -7,7 +7,7 @@ from typing import Optional
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder, VerifyConfig
 from entmtp.errors import EntmtpError, UsageError
-from entmtp.heads.shipped import heads_fingerprint, load_model_heads
+from entmtp.heads.shipped import heads_fingerprint, load_draft_vocab, load_model_heads
 from entmtp.model.loader import LoadedModel, model_fingerprint
 from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
 from entmtp.trees.files import load_tree
@@ -24,6 +24,7 @@ class MethodOptions:
     typical: bool = False           # typical acceptance (approximate) instead of exact sampling
     temperature: float = 0.0
     top_k: int = DEFAULT_TOP_K
+    draft_vocab: Optional[str] = None  # None/"off", "heads" (stored beside the heads) or N (entmtp.heads.shortlist)
     # --method entmtp: a bank (shipped name or JSON path; None = the shipped bank for
     # the model, `head_kind` and `task`), its scheduler and the rate scheduler's signal.
     bank: Optional[str] = None
@@ -43,8 +44,14 @@ def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = Meth
     heads = load_model_heads(loaded, method, options.heads)
     tree = load_tree(options.tree or DEFAULT_TREE)
     verify = _verify_config(options)
+    vocab = load_draft_vocab(loaded, method, options.heads, options.draft_vocab)
     return SpeculativeDecoder(loaded.model, heads, tree, verify, top_k=options.top_k,
-                              method=method if verify.mode != "typical" else f"{method}+typical")
+                              method=_label(method, verify, vocab), draft_vocab=vocab)
+
+
+def _label(method: str, verify: VerifyConfig, vocab) -> str:
+    """hydra, hydra+typical (approximate), hydra+dv8704 (drafting over a draft vocabulary)."""
+    return method + ("+typical" if verify.mode == "typical" else "") + (f"+dv{len(vocab.ids)}" if vocab else "")
 
 
 def _verify_config(options: MethodOptions):
@@ -71,8 +78,10 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     policy = bank_policy(bank, scheduler, signal, options.tree)
     top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
     label = f"entmtp-{policy.name}" + (f"-{signal}" if policy.name == "rate" else "")
-    decoder = SpeculativeDecoder(loaded.model, heads, policy.trees[0], _verify_config(options), top_k=top_k,
-                                 method=f"{label}+typical" if options.typical else label, policy=policy,
-                                 signal_window=bank.window)
+    verify = _verify_config(options)
+    vocab = load_draft_vocab(loaded, kind, options.heads, options.draft_vocab)
+    decoder = SpeculativeDecoder(loaded.model, heads, policy.trees[0], verify, top_k=top_k,
+                                 method=_label(label, verify, vocab), policy=policy,
+                                 signal_window=bank.window, draft_vocab=vocab)
     decoder.bank = bank
     return decoder

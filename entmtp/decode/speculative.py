@@ -27,6 +27,7 @@ from entmtp.decode.autoregressive import check_prompt_fits, pick_token
 from entmtp.decode.types import GenerationResult, SamplingConfig, StepRecord, TokenCallback
 from entmtp.errors import UsageError
 from entmtp.heads.modules import HydraHeads, MedusaHeads
+from entmtp.heads.shortlist import DraftVocab
 from entmtp.model.llama import KVCache, LlamaModel
 from entmtp.schedule.policies import DRAFT, TreePolicy
 from entmtp.schedule.signals import DEFAULT_WINDOW, Signals, SignalTracker
@@ -74,7 +75,8 @@ class StepOutcome:
 class SpeculativeDecoder:
     def __init__(self, model: LlamaModel, heads: MedusaHeads | HydraHeads, tree: Tree,
                  verify: VerifyConfig = VerifyConfig(), top_k: int = DEFAULT_TOP_K, method: Optional[str] = None,
-                 policy: Optional[TreePolicy] = None, signal_window: float = DEFAULT_WINDOW):
+                 policy: Optional[TreePolicy] = None, signal_window: float = DEFAULT_WINDOW,
+                 draft_vocab: Optional[DraftVocab] = None):
         self.model = model
         self.heads = heads.to(device=model.device, dtype=model.dtype).eval()
         self.verify_config = verify
@@ -87,6 +89,18 @@ class SpeculativeDecoder:
         # collects them to fit the probe); None in normal runs.
         self.on_step_hidden: Optional[Callable[[torch.Tensor], None]] = None
         self.signals = SignalTracker(signal_window)
+        # Drafting projects onto draft_lm_head [N, H]: the base LM head, or its rows for a
+        # draft vocabulary (entmtp.heads.shortlist); draft_ids [N] maps a row back to its token.
+        self.draft_vocab = draft_vocab
+        self.draft_lm_head, self.draft_ids = model.lm_head, None
+        if draft_vocab is not None:
+            if not heads.shared_lm_head:
+                raise UsageError("a draft vocabulary needs heads that share the base model's LM head")
+            if max(draft_vocab.ids) >= model.config.vocab_size or len(draft_vocab.ids) < top_k:
+                raise UsageError(f"the draft vocabulary must hold >= top_k={top_k} ids below the model's "
+                                 f"vocabulary size {model.config.vocab_size}")
+            self.draft_ids = torch.tensor(draft_vocab.ids, dtype=torch.long, device=model.device)
+            self.draft_lm_head = model.lm_head.index_select(0, self.draft_ids).contiguous()
         if policy is not None:
             if policy.hindsight and verify.mode != "greedy":
                 raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
@@ -119,9 +133,15 @@ class SpeculativeDecoder:
         path, [1, top_k]. Row 0 column 0 of probs is head 0's top-1 probability."""
         model = self.model
         if isinstance(self.heads, MedusaHeads):
-            return self.heads.propose(hidden_last, model.lm_head, self.top_k)
-        return self.heads.propose_level(hidden_last, root.reshape(1, 1).to(torch.long), model.embed,
-                                        model.lm_head, self.top_k)
+            ids, probs = self.heads.propose(hidden_last, self.draft_lm_head, self.top_k)
+        else:
+            ids, probs = self.heads.propose_level(hidden_last, root.reshape(1, 1).to(torch.long), model.embed,
+                                                  self.draft_lm_head, self.top_k)
+        return self._token_ids(ids), probs
+
+    def _token_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of draft_lm_head -> token ids (the identity without a draft vocabulary)."""
+        return rows if self.draft_ids is None else self.draft_ids[rows]
 
     @torch.inference_mode()
     def propose(self, root: torch.Tensor, hidden_last: torch.Tensor,
@@ -137,7 +157,10 @@ class SpeculativeDecoder:
             return root.reshape(1).to(torch.long), None
         if isinstance(self.heads, MedusaHeads):
             # Head i's top-k at the last accepted position fills every node of depth i+1.
-            head_ids, head_probs = peeked or self.heads.propose(hidden_last, model.lm_head, self.top_k)
+            if peeked is None:
+                ids, probs = self.heads.propose(hidden_last, self.draft_lm_head, self.top_k)
+                peeked = self._token_ids(ids), probs
+            head_ids, head_probs = peeked
             top1 = head_probs[:, 0]                                      # [n_heads]
             return medusa_candidates(root, head_ids, buffers), torch.stack([top1[0], top1[:chain].prod()])
         # Hydra: level by level, each head reading the tokens on its path so far.
@@ -150,8 +173,9 @@ class SpeculativeDecoder:
                 child_ids, child_probs = peeked
             else:
                 path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
-                child_ids, child_probs = self.heads.propose_level(hidden_last, path_ids, model.embed,
-                                                                  model.lm_head, self.top_k)  # [E, top_k]
+                child_rows, child_probs = self.heads.propose_level(hidden_last, path_ids, model.embed,
+                                                                   self.draft_lm_head, self.top_k)  # [E, top_k]
+                child_ids = self._token_ids(child_rows)
             if depth <= chain:  # the all-0 chain's node is the first of its depth: slot 0
                 chain_top1.append(child_probs[0, 0])
             tokens[buffers.level_nodes[depth]] = child_ids[buffers.level_parent_slots[depth],

@@ -6,8 +6,10 @@ from typing import Optional
 
 import torch
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, UsageError
+from entmtp.heads import shortlist
 from entmtp.heads.formats import load_heads
+from entmtp.heads.shortlist import DraftVocab
 from entmtp.model.loader import LoadedModel
 
 HEADS_DIR = Path(__file__).resolve().parents[1] / "data" / "heads"
@@ -20,6 +22,35 @@ def shipped_heads(loaded: LoadedModel, kind: str) -> Path:
         raise EntmtpError(f"no trained {kind} heads are shipped for model {loaded.folder.name!r}; "
                           f"pass --heads PATH")
     return folder
+
+
+def heads_folder(loaded: LoadedModel, kind: str, path: Optional[str] = None) -> Path:
+    """The folder holding these heads (a file's folder for upstream checkpoints)."""
+    if path is None:
+        return shipped_heads(loaded, kind)
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def load_draft_vocab(loaded: LoadedModel, kind: str, path: Optional[str], spec: Optional[str]) -> Optional[DraftVocab]:
+    """`spec`: None or "off" (the full vocabulary), "heads" (the list stored beside the
+    heads) or N (its N most frequent ids)."""
+    if spec in (None, "off"):
+        return None
+    folder = heads_folder(loaded, kind, path)
+    vocab = shortlist.load(folder)
+    if vocab is None:
+        raise EntmtpError(f"no draft vocabulary is stored with the {kind} heads in {folder}; "
+                          f"make one with entmtp heads shortlist")
+    if spec == "heads":
+        return vocab
+    try:
+        size = int(spec)
+    except ValueError:
+        raise UsageError(f"--draft-vocab must be off, heads or a number of tokens, not {spec!r}") from None
+    if size < 1:
+        raise UsageError(f"--draft-vocab must be positive, got {size}")
+    return vocab.truncated(size)
 
 
 def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None):
