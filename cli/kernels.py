@@ -35,6 +35,7 @@ def kernels_tune(
                     | {tuple(m.lm_head.shape)})
     typer.echo(f"{machine.cpu_model()} ({machine.cpu_class()}, {torch.get_num_threads()} threads): "
                f"timing {len(shapes)} shapes x {len(linear.BUCKETS)} row counts")
-    for key, (ours, dnn) in linear.tune(shapes, repeats).items():
+    for key, seconds in linear.tune(shapes, repeats).items():
+        ours, dnn = seconds[linear.OURS], seconds[linear.ONEDNN]
         typer.echo(f"{key:>18}  ours {ours * 1e6:9.1f} us  oneDNN {dnn * 1e6:9.1f} us  -> "
                    f"{linear.OURS if ours <= dnn else linear.ONEDNN}")

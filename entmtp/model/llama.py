@@ -3,8 +3,8 @@
 One forward serves prefill, single-token decode and tree verification: it takes
 token ids, explicit position ids, the committed cache length and an optional
 tree mask (ancestor bitmask), writes the new tokens' K/V into the preallocated
-cache right after the committed prefix, and attends through the one attention
-op `entmtp.ops.tree_attention`.
+cache right after the committed prefix, and attends through entmtp.model.attention
+(the `ops.tree_attention` op, or torch's SDPA where that measured faster here).
 
 Weights are plain tensors (q/k/v and gate/up fused into one matrix each) and the
 layer loop is a plain Python loop over them: the decode step is dominated by
@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from entmtp import ops, reference
+from entmtp import reference
+from entmtp.model.attention import StepAttention
 from entmtp.model.config import ModelConfig, rope_inverse_frequencies
 from entmtp.model.linear import bf16_linear
 
@@ -162,6 +163,8 @@ class LlamaModel:
         flat_positions = position_ids.reshape(rows)
         cos, sin = cos_table[flat_positions], sin_table[flat_positions]  # [B T, D]
 
+        attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
+                                           self.device)  # the backend and mask every layer shares
         x = self.embed[input_ids].reshape(rows, cfg.hidden_size)  # residual stream [B T, H]
         h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
@@ -169,8 +172,8 @@ class LlamaModel:
             qkv = linear(h, layer.qkv, layer.qkv_bias)                    # [B T, (Hq + 2 Hkv) D]
             # RoPE on q and k; k and v land in cache slots [cache_len, end).
             q = fused.rotary_qkv(qkv, cos, sin, n_q, n_kv, kv[index, 0], kv[index, 1], cache_len)
-            attn = ops.tree_attention(q.view(batch, n_new, n_q, head_dim), kv[index, 0, :, :, :end],
-                                      kv[index, 1, :, :, :end], tree_bits, scale)  # [B, T, Hq, D]
+            attn = attend(q.view(batch, n_new, n_q, head_dim), kv[index, 0, :, :, :end],
+                          kv[index, 1, :, :, :end], scale)  # [B, T, Hq, D]
             h, x = fused.add_rms_norm(linear(attn.view(rows, n_q * head_dim), layer.o), x,
                                       layer.post_norm, eps)
             mlp = linear(fused.silu_mul(linear(h, layer.gate_up)), layer.down)
