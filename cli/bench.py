@@ -13,7 +13,8 @@ def bench(
     task: str = typer.Option("humaneval", "--task", help="humaneval, sharegpt, gsm8k, litbench, a comma list, or all."),
     methods: str = typer.Option("ar,medusa,hydra,transformers,transformers-pld,llama-cpp",
                                 "--methods", help="Comma list: ar, medusa, hydra, medusa@TREE, hydra@TREE; the tree-bank "
-                                "methods entmtp, rate, rate-accept, rate-confidence, rate-all, rate-now, entropy, "
+                                "methods entmtp, rate (the bank's recommended signal), rate-entropy, rate-accept, rate-confidence, "
+                                "rate-probe, rate-all, rate-now, entropy, "
                                 "static-best, "
                                 "oracle (add @medusa for Medusa's bank); and the peers transformers, "
                                 "transformers-pld, llama-cpp (skipped when not installed)."),

@@ -13,7 +13,7 @@ class HeadKind(str, enum.Enum):
 
 
 class Scheduler(str, enum.Enum):
-    """entmtp.schedule.bank.SCHEDULERS"""
+    """entmtp.schedule.spec.SCHEDULERS"""
     rate = "rate"
     entropy = "entropy"
     static_best = "static-best"
@@ -22,7 +22,7 @@ class Scheduler(str, enum.Enum):
 
 
 class Signal(str, enum.Enum):
-    """entmtp.schedule.bank.RATE_SIGNALS"""
+    """entmtp.schedule.spec.RATE_SIGNALS"""
     now = "now"
     entropy = "entropy"
     accept = "accept"

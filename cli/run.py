@@ -52,6 +52,7 @@ def run(
     from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompt_file
     from entmtp.schedule.bank import load_bank
+    from entmtp.schedule.spec import SchedulerSpec
     from entmtp.tasks import TASKS
 
     # Every flag is checked before the model loads (seconds), so a typo fails at once.
@@ -69,6 +70,8 @@ def run(
         raise UsageError("--bank, --scheduler and --signal go with --method entmtp")
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    if scheduler is not None:
+        SchedulerSpec(scheduler.value, value(signal))  # e.g. a signal given to a scheduler that takes none
     if scheduler == Scheduler.static and tree is None:
         raise UsageError("--scheduler static needs --tree NAME (one of the bank's trees)")
     torch_dtype = parse_dtype(dtype)

@@ -201,7 +201,7 @@ def test_console_script_exit_status(tmp_path):
 def test_cli_choices_match_the_package():
     # cli/choices.py spells the lists out (importing them would pull torch into --help).
     from entmtp.heads.modules import KINDS
-    from entmtp.schedule.bank import RATE_SIGNALS, SCHEDULERS
+    from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS
     from entmtp_cli.choices import HeadKind, Scheduler, Signal
 
     assert {c.value for c in HeadKind} == set(KINDS)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from test_ops_attention import assert_flash_rule, make_inputs, random_parents
 
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import SpeculativeDecoder
@@ -18,8 +19,6 @@ from entmtp.model.autotune import MeasuredChoice
 from entmtp.model.loader import load_model
 from entmtp.reference import causal_tree_bits, tree_bits_from_parents
 from entmtp.trees.files import load_tree
-
-from test_ops_attention import assert_flash_rule, make_inputs, random_parents
 
 
 @pytest.mark.parametrize("backend", [attention.OURS, attention.SDPA])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from entmtp.decode.accept import VerifyConfig, accept_by_rejection
 from entmtp.decode.autoregressive import ArDecoder
-from entmtp.decode.speculative import SpeculativeDecoder, VerifyConfig
+from entmtp.decode.speculative import SpeculativeDecoder
 from entmtp.decode.types import SamplingConfig
 from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.model.loader import load_model
@@ -133,15 +134,12 @@ def test_exact_sampling_preserves_the_base_distribution():
     tree = tree_from_paths("t", [[0], [1], [2], [0, 0], [0, 1], [1, 0]])
     logits = _toy_logits(tree.n_nodes, vocab, 0)
     tokens = torch.tensor([0, 3, 1, 5, 2, 0, 4])  # node i's drafted token (node 0 = root)
-    decoder = SpeculativeDecoder.__new__(SpeculativeDecoder)
-    decoder.tree = tree
-    decoder.verify_config = VerifyConfig("sample", temperature=1.0)
     gen = torch.Generator().manual_seed(123)
     n = 100_000
     first = torch.zeros(vocab)
     second_after_3 = torch.zeros(vocab)
     for _ in range(n):
-        out = decoder._accept_by_rejection(tokens, logits, gen)
+        out = accept_by_rejection(tokens, logits, tree.children, 1.0, gen)
         emitted = [int(tokens[i]) for i in out.path[1:]] + [int(out.bonus)]
         first[emitted[0]] += 1
         if emitted[0] == 3 and len(emitted) > 1:

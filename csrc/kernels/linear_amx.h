@@ -38,6 +38,12 @@ namespace amx_detail {
 // bandwidth (49152 x 576: 2.2 ms) where the vdpbf16ps GEMV reached 4.2 ms.
 constexpr int64_t kAmxMinRows = ENTMTP_AMX_MIN_ROWS;
 
+#ifndef ENTMTP_AMX_PREFETCH_GROUPS
+#define ENTMTP_AMX_PREFETCH_GROUPS 1
+#endif
+// How many 64-row weight groups ahead amx_run prefetches (see Prefetch).
+constexpr int64_t kPrefetchGroups = ENTMTP_AMX_PREFETCH_GROUPS;
+
 struct alignas(64) TileConfig {
   uint8_t palette, start_row;
   uint8_t reserved[14];
@@ -49,7 +55,7 @@ inline void configure_tiles() {
   TileConfig c;
   std::memset(&c, 0, sizeof(c));
   c.palette = 1;
-  for (int t = 0; t < 7; ++t) {
+  for (int t = 0; t < 8; ++t) {
     c.rows[t] = 16;
     c.colsb[t] = 64;
   }
@@ -59,9 +65,52 @@ inline void configure_tiles() {
 inline int64_t m_blocks(const LinearArgs& a) { return (a.M + 15) / 16; }
 inline int64_t vnni_bytes(const LinearArgs& a) { return m_blocks(a) * (a.K / 32) * 1024; }
 
-// NC blocks of 16 weight rows from n0 against input rows [16 mb, 16 mb + 16).
+// Software prefetch of a later weight group into L2, a few lines per k step.
+// Why: an A tile load touches 16 rows 2K bytes apart, so a group is 64 row
+// streams, too many for the hardware prefetcher; once M > 1 the tile math no
+// longer overlaps the DRAM misses (64 rows: 2x the one-row time). The group
+// is one contiguous block (64 x K bf16), so prefetching it linearly while the
+// current group computes keeps the DRAM queue full.
+struct Prefetch {
+  const char* p;
+  const char* end;
+  int64_t per;  // cache lines per k step
+  inline void step() {
+    for (int64_t j = 0; j < per && p < end; ++j, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+  }
+};
+
+// y[m0 + i, n + j] = c[j][i] + bias[n + j] for i < m_end: c is one C tile
+// (16 weight rows x 16 input rows). Gathers a column per output row, adds the
+// bias and rounds 16 outputs at once (the scalar per-element store was as
+// slow as the tile math itself at 64 rows).
+inline void store_tile(const LinearArgs& a, const float* c, int64_t m0, int64_t m_end, int64_t n) {
+  const __m512i cols = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(16));
+  const __m512 bias = a.bias ? _mm512_loadu_ps(a.bias + n) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < m_end; ++i) {
+    const int64_t m = m0 + i;
+    const __m512 v = _mm512_add_ps(_mm512_i32gather_ps(cols, c + i, 4), bias);
+    if (a.y_bf16) {
+      // Round to nearest even, NaN -> 0x7fc0: from_float<bf16_t> lane-wise.
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+      r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.y) + m * a.N + n),
+                          _mm512_cvtepi32_epi16(r));
+    } else {
+      _mm512_storeu_ps(static_cast<float*>(a.y) + m * a.N + n, v);
+    }
+  }
+}
+
+inline int64_t rows_in(const LinearArgs& a, int64_t mb) { return std::min<int64_t>(16, a.M - mb * 16); }
+
+// NC blocks of 16 weight rows from n0 against input rows [16 mb, 16 mb + 16):
+// C in tmm0-3, A alternating in tmm4/5, B in tmm6.
 template <int NC>
-void group(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0) {
+void group(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0, Prefetch& pf) {
   const int64_t K = a.K, KC = K / 32;
   const int64_t ws = K * 2;  // weight row stride in bytes
   const uint16_t* bt = vnni + mb * KC * 512;
@@ -72,6 +121,7 @@ void group(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0) {
   if constexpr (NC > 3) _tile_zero(3);
   for (int64_t kc = 0; kc < KC; ++kc) {
     const int64_t k = kc * 32;
+    pf.step();
     _tile_loadd(6, bt + kc * 512, 64);
     _tile_loadd(4, w + k, ws);
     _tile_dpbf16ps(0, 4, 6);
@@ -93,30 +143,50 @@ void group(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0) {
   if constexpr (NC > 1) _tile_stored(1, c[1], 64);
   if constexpr (NC > 2) _tile_stored(2, c[2], 64);
   if constexpr (NC > 3) _tile_stored(3, c[3], 64);
-  // y[m, n0 + 16 b + j] = c[b][j][m]: gather a column of each tile, add the
-  // bias and round the 16 outputs at once (the scalar per-element store was
-  // as slow as the tile math itself at 64 rows).
-  const __m512i cols = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(16));
-  const int64_t m_end = std::min<int64_t>(16, a.M - mb * 16);
-  for (int b = 0; b < NC; ++b) {
-    const int64_t n = n0 + b * 16;
-    const __m512 bias = a.bias ? _mm512_loadu_ps(a.bias + n) : _mm512_setzero_ps();
-    for (int64_t i = 0; i < m_end; ++i) {
-      const int64_t m = mb * 16 + i;
-      const __m512 v = _mm512_add_ps(_mm512_i32gather_ps(cols, c[b] + i, 4), bias);
-      if (a.y_bf16) {
-        // Round to nearest even, NaN -> 0x7fc0: from_float<bf16_t> lane-wise.
-        const __m512i bits = _mm512_castps_si512(v);
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-        r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.y) + m * a.N + n),
-                            _mm512_cvtepi32_epi16(r));
-      } else {
-        _mm512_storeu_ps(static_cast<float*>(a.y) + m * a.N + n, v);
-      }
+  for (int b = 0; b < NC; ++b) store_tile(a, c[b], mb * 16, rows_in(a, mb), n0 + b * 16);
+}
+
+// NA (1 or 2) blocks of 16 weight rows from n0 against two blocks of input
+// rows (mb, mb + 1): C[a][m] in tmm(2a + m), A in tmm4/5, B in tmm6/7. Each
+// A tile feeds two products, so at 64 rows a weight tile is loaded twice per
+// call (from L1: 32 x K bf16 = 36 KB at K = 576) instead of four times.
+template <int NA>
+void pair(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0, Prefetch& pf) {
+  const int64_t K = a.K, KC = K / 32;
+  const int64_t ws = K * 2;
+  const uint16_t* bt0 = vnni + mb * KC * 512;
+  const uint16_t* bt1 = bt0 + KC * 512;
+  const uint16_t* w = a.w + n0 * K;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (NA > 1) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t kc = 0; kc < KC; ++kc) {
+    const int64_t k = kc * 32;
+    pf.step();
+    _tile_loadd(4, w + k, ws);
+    _tile_loadd(6, bt0 + kc * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, bt1 + kc * 512, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (NA > 1) {
+      _tile_loadd(5, w + 16 * K + k, ws);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
     }
+  }
+  alignas(64) float c[4][16 * 16];  // c[2 a + m][n][m]
+  _tile_stored(0, c[0], 64);
+  _tile_stored(1, c[1], 64);
+  if constexpr (NA > 1) {
+    _tile_stored(2, c[2], 64);
+    _tile_stored(3, c[3], 64);
+  }
+  for (int b = 0; b < NA; ++b) {
+    store_tile(a, c[2 * b], mb * 16, 16, n0 + b * 16);
+    store_tile(a, c[2 * b + 1], mb * 16 + 16, rows_in(a, mb + 1), n0 + b * 16);
   }
 }
 
@@ -131,16 +201,19 @@ inline bool linear_uses_amx(const LinearArgs& a) {
 inline void amx_pack(const LinearArgs& a, uint16_t* vnni, int64_t m0, int64_t m1) {
   const int64_t KC = a.K / 32;
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
+  // A k-pair is one 32-bit lane: row r of tile (mb, kc) is lane 16 kc + r of
+  // each x row, so a 64-byte chunk of x row i scatters to column i of the
+  // tile's 16 rows (stride 16 lanes).
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(16));
   for (int64_t mb = m0 / 16; mb * 16 < m1; ++mb) {
-    uint16_t* t = vnni + mb * KC * 512;
-    std::memset(t, 0, KC * 1024);
-    for (int64_t i = 0; i < 16 && mb * 16 + i < a.M; ++i) {
+    uint32_t* t = reinterpret_cast<uint32_t*>(vnni + mb * KC * 512);
+    const int64_t n = std::min<int64_t>(16, a.M - mb * 16);
+    if (n < 16) std::memset(t, 0, KC * 1024);
+    for (int64_t i = 0; i < n; ++i) {
       const uint16_t* row = x + (mb * 16 + i) * a.x_stride;
-      for (int64_t k = 0; k < a.K; k += 2) {
-        uint16_t* dst = t + (k / 32) * 512 + ((k % 32) / 2) * 32 + i * 2;
-        dst[0] = row[k];
-        dst[1] = row[k + 1];
-      }
+      for (int64_t kc = 0; kc < KC; ++kc)
+        _mm512_i32scatter_epi32(t + kc * 256 + i, rows, _mm512_loadu_si512(row + kc * 32), 4);
     }
   }
 }
@@ -150,22 +223,36 @@ inline void amx_pack(const LinearArgs& a, uint16_t* vnni, int64_t m0, int64_t m1
 inline void amx_run(const LinearArgs& a, const uint16_t* vnni, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   using namespace amx_detail;
   configure_tiles();
+  const int64_t K = a.K, KC = K / 32;
+  const int64_t mb0 = m0 / 16, mb1 = (m1 + 15) / 16;
   const int64_t n_full = n0 + (n1 - n0) / 16 * 16;
+  const char* wb = reinterpret_cast<const char*>(a.w);
   for (int64_t n = n0; n < n_full;) {
     const int64_t left = (n_full - n) / 16;
     const int nc = left >= 4 ? 4 : static_cast<int>(left);
-    for (int64_t mb = m0 / 16; mb * 16 < m1; ++mb) {
+    // Prefetch the group kPrefetchGroups ahead (within this thread's rows),
+    // spread evenly over the k steps this group takes.
+    const int64_t steps = KC * ((mb1 - mb0) / 2 * ((nc + 1) / 2) + (mb1 - mb0) % 2);
+    const int64_t p0 = std::min(n1, n + 64 * kPrefetchGroups), p1 = std::min(n1, p0 + 64);
+    Prefetch pf{wb + p0 * K * 2, wb + p1 * K * 2, ((p1 - p0) * K * 2 / 64 + steps - 1) / steps};
+    int64_t mb = mb0;
+    for (; mb + 1 < mb1; mb += 2) {
+      for (int b = 0; b < nc; b += 2) {
+        if (nc - b >= 2) pair<2>(a, vnni, mb, n + b * 16, pf);
+        else pair<1>(a, vnni, mb, n + b * 16, pf);
+      }
+    }
+    if (mb < mb1) {
       switch (nc) {
-        case 4: group<4>(a, vnni, mb, n); break;
-        case 3: group<3>(a, vnni, mb, n); break;
-        case 2: group<2>(a, vnni, mb, n); break;
-        default: group<1>(a, vnni, mb, n); break;
+        case 4: group<4>(a, vnni, mb, n, pf); break;
+        case 3: group<3>(a, vnni, mb, n, pf); break;
+        case 2: group<2>(a, vnni, mb, n, pf); break;
+        default: group<1>(a, vnni, mb, n, pf); break;
       }
     }
     n += nc * 16;
   }
   _tile_release();
-  (void)n_full;
 }
 
 }  // namespace ENTMTP_ISA_NS

@@ -1,4 +1,5 @@
-"""What one `entmtp bench` run measures: tasks, methods, prompts, tokens, precision (BenchConfig), parsed from the command line."""
+"""What one `entmtp bench` run measures (BenchConfig: tasks, methods, prompts, tokens,
+precision), parsed from the command line."""
 from __future__ import annotations
 
 import dataclasses

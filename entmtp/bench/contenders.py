@@ -16,16 +16,19 @@ import torch
 from entmtp.decode.types import GenerationResult, StepRecord
 from entmtp.errors import UsageError
 from entmtp.model.loader import LoadedModel
+from entmtp.schedule.spec import SchedulerSpec
 
 OUR_METHODS = ("ar", "medusa", "hydra")
-# Tree-bank methods (entmtp/bank.py): the task's shipped bank for the heads after
-# "@" (hydra by default), switched by a scheduler. `entmtp` is the recommended one.
-SCHEDULER_METHODS = {
-    "entmtp": (None, None), "entropy": ("entropy", None), "rate": ("rate", "entropy"),
-    "rate-accept": ("rate", "accept"), "rate-confidence": ("rate", "confidence"), "rate-all": ("rate", "all"),
-    "rate-now": ("rate", "now"), "rate-probe": ("rate", "probe"),
-    "static-best": ("static-best", None), "oracle": ("oracle", None),
-}
+# Tree-bank methods (entmtp.schedule.bank): the task's shipped bank for the heads after
+# "@" (hydra by default), switched by a scheduler: `entmtp` (the bank's recommended one)
+# or a scheduler spec in its method form (entmtp.schedule.spec: rate-accept, entropy, ...).
+BANK_METHODS = ("entmtp", "entropy", "rate", "rate-entropy", "rate-accept", "rate-confidence", "rate-probe",
+                "rate-all", "rate-now", "static-best", "oracle")
+
+
+def bank_method_spec(base: str) -> SchedulerSpec | None:
+    """The scheduler a bank method names; None for `entmtp` (the bank's recommendation)."""
+    return None if base == "entmtp" else SchedulerSpec.parse(base)
 PEERS = ("transformers", "transformers-pld", "llama-cpp")
 PLD_NGRAM_TOKENS = 10   # transformers' prompt_lookup_num_tokens
 
@@ -66,12 +69,12 @@ def parse_method(spec: str) -> tuple[str, str | None]:
         raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with a speculative method")
     if base in PEERS and not tree:
         return base, None
-    if base in SCHEDULER_METHODS:
+    if base in BANK_METHODS:
         if tree and tree not in ("hydra", "medusa"):
             raise UsageError(f"method {spec!r}: after '@' a bank method takes hydra or medusa, not {tree!r}")
         return base, tree or "hydra"
     if base not in OUR_METHODS or (base == "ar" and tree):
-        names = ", ".join(OUR_METHODS + tuple(SCHEDULER_METHODS) + PEERS)
+        names = ", ".join(OUR_METHODS + tuple(BANK_METHODS) + PEERS)
         raise UsageError(f"unknown method {spec!r}; available: {names} (and medusa@TREE, hydra@TREE, "
                          "BANKMETHOD@medusa)")
     return base, tree or None
@@ -104,7 +107,8 @@ class BankContender(OurContender):
         self.eos = loaded.eos_token_ids
         self.loaded = loaded
         self.kind = kind
-        self.scheduler, self.signal = SCHEDULER_METHODS[base]
+        spec = bank_method_spec(base)
+        self.scheduler, self.signal = (spec.scheduler, spec.signal) if spec else (None, None)
         self.heads_path = heads
         self.banks = banks or {}
         self.heads = load_model_heads(loaded, kind, heads)
@@ -198,7 +202,7 @@ def make_contender(name: str, loaded: LoadedModel, dtype: torch.dtype, device: t
         if device.type != "cpu":
             raise PeerMissing("the llama-cpp peer runs on the CPU only")
         return LlamaCppContender(name, loaded, torch.get_num_threads())
-    if base in SCHEDULER_METHODS:
+    if base in BANK_METHODS:
         return BankContender(name, loaded, (heads or {}).get(parse_method(name)[1]))
     return OurContender(name, loaded, (heads or {}).get(base))
 

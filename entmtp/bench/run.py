@@ -128,7 +128,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     for task in cfg.tasks:
         skipped = tasks.Skipped()
         records = tasks.select(task, tasks.load_task(task, cfg.data, skipped), cfg.split,
-                                     cfg.data is not None)
+                               cfg.data is not None)
         if skipped.lines:
             console.print(f"[yellow]{task}: skipped {len(skipped.lines)} malformed record(s) "
                           f"(lines {', '.join(map(str, skipped.lines[:5]))}{' ...' if len(skipped.lines) > 5 else ''})[/]")

@@ -1,4 +1,5 @@
-"""Per task and method: aggregate the bench records, paired bootstrap speedups, and the summary as JSON, Markdown and a rich table."""
+"""Per task and method: aggregate the bench records, paired bootstrap speedups, and the
+summary as JSON, Markdown and a rich table."""
 from __future__ import annotations
 
 import random

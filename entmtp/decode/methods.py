@@ -4,12 +4,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from entmtp.decode.accept import VerifyConfig
 from entmtp.decode.autoregressive import ArDecoder
-from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder, VerifyConfig
+from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import heads_fingerprint, load_draft_vocab, load_model_heads
 from entmtp.model.loader import LoadedModel, model_fingerprint
 from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
+from entmtp.schedule.spec import SchedulerSpec
 from entmtp.trees.files import load_tree
 
 METHODS = ("ar", "medusa", "hydra", "entmtp")
@@ -72,12 +74,13 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     if heads is None:
         heads = load_model_heads(loaded, kind, options.heads)
     check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
-    # Without --scheduler: the bank's recommendation (chosen on its calibration steps).
-    scheduler = options.scheduler or bank.recommended[0]
-    signal = options.signal or bank.recommended[1] or RECOMMENDED[1]
-    policy = bank_policy(bank, scheduler, signal, options.tree)
+    # Without --scheduler: the bank's recommendation (chosen on its calibration steps);
+    # `--scheduler rate` without --signal: the bank's recommended signal.
+    spec = (SchedulerSpec(options.scheduler, options.signal) if options.scheduler
+            else bank.recommended).with_signal(bank.recommended.signal or RECOMMENDED.signal)
+    policy = bank_policy(bank, spec.scheduler, spec.signal or RECOMMENDED.signal, options.tree)
     top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
-    label = f"entmtp-{policy.name}" + (f"-{signal}" if policy.name == "rate" else "")
+    label = f"entmtp-{spec.method}"
     verify = _verify_config(options)
     vocab = load_draft_vocab(loaded, kind, options.heads, options.draft_vocab)
     decoder = SpeculativeDecoder(loaded.model, heads, policy.trees[0], verify, top_k=top_k,

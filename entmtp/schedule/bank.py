@@ -17,16 +17,15 @@ from entmtp.errors import EntmtpError, UsageError
 from entmtp.jsonfile import parse_json, read_text
 from entmtp.schedule.policies import BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, StaticPolicy, TreePolicy
 from entmtp.schedule.signals import SIGNALS
+from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS, SchedulerSpec
 from entmtp.trees.growth import path_key
 from entmtp.trees.tree import SHIPPED_TREES_PACKAGE, Tree, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
-SCHEDULERS = ("entropy", "rate", "static-best", "static", "oracle")
-# "now": head 0's top-1 probability at this step's root, read after head 0 runs
-# (PeekPolicy); the lagged SIGNALS are known before the step.
+# Calibration tables are binned by every signal known before the step, and by "now"
+# (head 0's top-1 probability at this step's root, read after head 0 runs: PeekPolicy).
 TABLE_SIGNALS = SIGNALS + ("now",)
-RATE_SIGNALS = SIGNALS + ("all", "now")
-RECOMMENDED = ("rate", "now")          # the scheduler and signal `--method entmtp` means
+RECOMMENDED = SchedulerSpec("rate", "now")   # what a bank recommends until its replay picks one
 MIN_BIN_STEPS = 30                     # fewer calibration steps: fall back to the overall table
 _BANK_KEYS = {"format", "name", "provenance", "window", "trees", "static_best", "hulls", "signals",
               "tables", "ladder", "cost_curve", "peek_ms", "probe", "recommended", "calibration_rates"}
@@ -68,7 +67,7 @@ class Bank:
     window: float
     peek_ms: float
     probe: Probe
-    recommended: tuple[str, Optional[str]]               # (scheduler, signal)
+    recommended: SchedulerSpec            # what `--method entmtp` runs (picked by replay at build)
     edges: Mapping[str, Any]              # signal -> bin edges; "joint" -> {entropy, accept}
     tables: Mapping[str, Any]             # "overall" / signal -> [{steps, p: {path key: prob}}]
     provenance: Mapping[str, Any]         # model, heads, task, prompt ids, dtype, device, dates
@@ -170,13 +169,16 @@ def _probe(value: Any) -> Probe:
                  lam=value.get("lambda"), out_of_fold_r=value.get("out_of_fold_r"), target=value.get("target"))
 
 
-def _recommended(value: Any, where: str) -> tuple[str, Optional[str]]:
+def _recommended(value: Any, where: str) -> SchedulerSpec:
     if not isinstance(value, dict) or value.get("scheduler") not in SCHEDULERS or value.get("scheduler") == "oracle":
         raise EntmtpError(f"{where}: 'recommended' must name a scheduler ({', '.join(SCHEDULERS[:4])})")
     signal = value.get("signal")
     if signal is not None and signal not in RATE_SIGNALS:
         raise EntmtpError(f"{where}: recommended signal {signal!r} is not one of {', '.join(RATE_SIGNALS)}")
-    return value["scheduler"], signal
+    try:
+        return SchedulerSpec(value["scheduler"], signal)
+    except UsageError as error:
+        raise EntmtpError(f"{where}: 'recommended': {error}") from None
 
 
 def bank_dir() -> Any:

@@ -1,4 +1,5 @@
-"""Tree JSON files: the trees shipped in entmtp.trees_data (the repository's trees/ folder), loading one by name or path, and writing one."""
+"""Tree JSON files: the trees shipped in entmtp.trees_data (the repository's trees/
+folder), loading one by name or path, and writing one."""
 from __future__ import annotations
 
 import importlib.resources

@@ -96,7 +96,7 @@ def render_bank(bank) -> RenderableType:
     for name, points in bank.hulls.items():
         hulls.add_row("accepted length" if name == "accept" else "tok/s (model)",
                       " ".join(f"({n},{d},{v:g})" for n, d, v in points))
-    scheduler, signal = bank.recommended
+    scheduler, signal = bank.recommended.scheduler, bank.recommended.signal
     rates = bank.calibration_rates
     replay = Text(f"recommended (behind --method entmtp): {scheduler}" + (f", signal {signal}" if signal else "")
                   + "; modeled tok/s replayed on the calibration steps: "

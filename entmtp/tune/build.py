@@ -35,6 +35,7 @@ from entmtp.schedule.bank import (
 from entmtp.schedule.cost import peek_cost, step_ms
 from entmtp.schedule.policies import DRAFT
 from entmtp.schedule.signals import SIGNALS, Signals
+from entmtp.schedule.spec import SchedulerSpec
 from entmtp.trees.growth import accepted_in, grow_trees, node_acceptance, path_key
 from entmtp.tune.calibrate import CALIBRATION_FORMAT
 
@@ -281,7 +282,7 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
         "ladder": {"signal": "entropy", "trees": [chosen[i].name for i in ladder_indices],
                    "thresholds": thresholds},
         "cost_curve": calibration["cost_curve"],
-        "recommended": {"scheduler": RECOMMENDED[0], "signal": RECOMMENDED[1]},
+        "recommended": {"scheduler": RECOMMENDED.scheduler, "signal": RECOMMENDED.signal},
         "calibration_rates": {},
     }
     # Which scheduler `--method entmtp` means for this bank: the one with the best
@@ -289,16 +290,16 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
     bank = bank_from_document(document, f"bank {name!r}")
     rates = replay_schedulers(bank, steps)
     document["calibration_rates"] = {k: round(v, 3) for k, v in rates.items()}
-    best = max((k for k in rates if k not in ("static-best",)), key=lambda k: rates[k])
+    best = max((k for k in rates if k != "static-best"), key=lambda k: rates[k])
     if rates[best] <= rates["static-best"]:
         best = "static-best"
-    scheduler, _, signal = best.partition(":")
-    document["recommended"] = {"scheduler": scheduler, "signal": signal or None}
+    spec = SchedulerSpec.parse(best)
+    document["recommended"] = {"scheduler": spec.scheduler, "signal": spec.signal}
     return document
 
 
-SCHEDULER_VARIANTS = ("static-best", "entropy", "rate:entropy", "rate:accept", "rate:confidence", "rate:probe",
-                      "rate:all", "rate:now")
+SCHEDULER_VARIANTS = tuple(SchedulerSpec.parse(s) for s in (
+    "static-best", "entropy", "rate:entropy", "rate:accept", "rate:confidence", "rate:probe", "rate:all", "rate:now"))
 
 
 def replay_schedulers(bank: Bank, steps: dict) -> dict:
@@ -310,8 +311,7 @@ def replay_schedulers(bank: Bank, steps: dict) -> dict:
     path_sets = [set(t.paths) for t in bank.trees]
     rates = {}
     for variant in SCHEDULER_VARIANTS:
-        scheduler, _, signal = variant.partition(":")
-        policy = bank_policy(bank, scheduler, signal or "entropy")
+        policy = bank_policy(bank, variant.scheduler, variant.signal or "entropy")
         index = {t.name: i for i, t in enumerate(bank.trees)}
         tokens = ms = 0.0
         for i in range(len(ranks)):
@@ -325,5 +325,5 @@ def replay_schedulers(bank: Bank, steps: dict) -> dict:
             tree = index[policy.trees[choice].name]
             tokens += 1.0 + bank.correction[tree] * accepted_in(path_sets[tree], ranks[i])
             ms += bank.step_ms[tree] + extra
-        rates[variant] = 1000.0 * tokens / ms if ms else 0.0
+        rates[str(variant)] = 1000.0 * tokens / ms if ms else 0.0
     return rates

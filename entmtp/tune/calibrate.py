@@ -99,7 +99,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     if superset_nodes < 2:
         raise UsageError(f"--superset-nodes must be >= 2, got {superset_nodes}")
     records = tasks.select(task, tasks.load_task(task, None, tasks.Skipped()), "calibration",
-                                 False)
+                           False)
     records = records[:limit] if limit else records
     if not records:
         raise EntmtpError(f"task {task!r} has no calibration prompts")
