@@ -9,7 +9,8 @@
   as a ratio to the floor;
 - one full speculative step (propose + verify + accept, 256-token context) for
   the root-only tree and trees of 1 .. 128 nodes, Hydra and Medusa heads, each
-  as a ratio to the root-only step: the cost curve a tree bank is built on.
+  as a ratio to the root-only step: the cost curve a tree bank is built on
+  (also drafting over the heads' draft vocabulary: hydra+dv, medusa+dv).
 
 Contenders are timed round-robin (entmtp.timing) so drift on a shared machine
 hits all alike; medians are reported. A benchmark, never a test: it prints
@@ -31,7 +32,7 @@ from entmtp import machine
 from entmtp.bench.contenders import LlamaCppContender, PeerMissing
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
-from entmtp.heads.shipped import load_model_heads
+from entmtp.heads.shipped import load_draft_vocab, load_model_heads
 from entmtp.model import linear
 from entmtp.model.loader import LoadedModel, load_model, parse_dtype
 from entmtp.timing import interleaved, seconds_per_call
@@ -43,6 +44,8 @@ BENCH_PROMPT = "Write a Python function that checks whether a number is prime."
 TREE_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 PREFILL_TOKENS = (128, 512)
 CONTEXT = 256
+# Heads the cost curve is measured with; "+dv": drafting over their draft vocabulary.
+HEADS_KINDS = ("hydra", "medusa", "hydra+dv", "medusa+dv")
 
 
 def measure_read_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -60,7 +63,7 @@ def _ms_per_step(run: Callable[[int], float], new_tokens: int) -> float:
 
 
 def run_step_bench(model_name: Optional[str], dtype_name: str, new_tokens: int, repeats: int,
-                   with_peers: bool = True, nodes: Sequence[int] = TREE_NODES, heads_kinds=("hydra", "medusa"),
+                   with_peers: bool = True, nodes: Sequence[int] = TREE_NODES, heads_kinds=HEADS_KINDS,
                    json_out: Optional[Path] = None, console: Optional[Console] = None) -> dict:
     console = console or Console(stderr=False)
     dtype = parse_dtype(dtype_name)
@@ -142,10 +145,12 @@ def _prefill_tokens_per_second(loaded: LoadedModel, repeats: int) -> dict[int, f
 def _spec_curve(loaded: LoadedModel, kind: str, nodes: Sequence[int], repeats: int,
                 console: Console) -> list[dict]:
     """ms of one speculative step per tree size, interleaved; ratios to root-only."""
-    heads = load_model_heads(loaded, kind)
+    base, _, suffix = kind.partition("+")
+    heads = load_model_heads(loaded, base)
+    vocab = load_draft_vocab(loaded, base, None, "heads") if suffix == "dv" else None
     trees = [tree_from_paths("root-only", []) if n == 0 else superset_tree(heads.n_heads, DEFAULT_TOP_K, n)
              for n in nodes]
-    decoder = SpeculativeDecoder(loaded.model, heads, trees[0])
+    decoder = SpeculativeDecoder(loaded.model, heads, trees[0], draft_vocab=vocab)
     console.print(f"timing {kind}: {len(trees)} trees, {repeats} interleaved rounds at a {CONTEXT}-token context")
     ms, _ = measure_step_ms(decoder, trees, context=CONTEXT, repeats=repeats)
     root = ms[list(nodes).index(0)] if 0 in nodes else ms[0]
