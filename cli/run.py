@@ -64,6 +64,8 @@ def run(
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
     if typical and temperature <= 0:
         raise UsageError("--typical needs --temperature > 0 (greedy verification is already exact)")
+    if draft_vocab not in (None, "off", "heads") and not (draft_vocab.isdigit() and int(draft_vocab) > 0):
+        raise UsageError(f"--draft-vocab must be off, heads or a number of tokens, not {draft_vocab!r}")
     if method == "ar" and draft_vocab not in (None, "off"):
         raise UsageError("--draft-vocab goes with a speculative method (medusa, hydra, entmtp)")
     if method != "entmtp" and (bank or scheduler or signal):

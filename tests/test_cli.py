@@ -168,6 +168,11 @@ def test_bad_jsonl_names_the_line(capsys, tiny_folder, tmp_path):
     (("--method", "magic"), "unknown method 'magic'"),
     (("--device", "tpu"), "--device must be cpu or cuda"),
     (("--bogus-flag",), "No such option"),
+    (("--method", "hydra", "--draft-vocab", "lots"), "--draft-vocab must be off, heads or a number"),
+    (("--draft-vocab", "heads"), "--draft-vocab goes with a speculative method"),
+    (("--method", "entmtp", "--scheduler", "entropy", "--signal", "accept"), "the entropy scheduler takes no signal"),
+    (("--method", "entmtp", "--task", "poetry"), "unknown task 'poetry'"),
+    (("--method", "entmtp", "--scheduler", "bogus"), "Invalid value for '--scheduler'"),
 ])
 def test_usage_errors_exit_2(capsys, tiny_folder, prompt_txt, args, needle):
     code, _, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt-file", str(prompt_txt), *args)
