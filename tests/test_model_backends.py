@@ -28,7 +28,7 @@ from entmtp.trees.files import load_tree
 def test_step_attention_backends_meet_the_op_rule(backend, dtype, T, L, kind):
     q, k, v = make_inputs(1, T, 9, 3, L, 64, dtype, seed=T + L)
     bits = None if kind != "tree" else tree_bits_from_parents(random_parents(T, seed=T))
-    step = attention.StepAttention(backend, bits, L, T, torch.device("cpu"))
+    step = attention.StepAttention(backend, bits, L, T, torch.device("cpu"), dtype)
     out = step(q, k, v, 0.125)
     assert out.shape == q.shape and out.is_contiguous() and out.dtype == dtype
     # The reference spells "causal" as a chain's bitmask.

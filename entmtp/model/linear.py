@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from entmtp.model.autotune import MeasuredChoice, time_backends
 
 OURS, ONEDNN = "ours", "onednn"
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Row counts measured: powers of two, plus the multiples of 16 to 96 (the AMX kernel works in
+# 16-row blocks, so 65 rows cost like 80, not like 128).
+BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 128, 256, 512)
 CHOICE = MeasuredChoice("gemm", (OURS, ONEDNN), env="ENTMTP_GEMM", default=OURS)
 
 
