@@ -60,7 +60,8 @@ def bench_step(
     repeats: int = typer.Option(5, "--repeats", help="Interleaved rounds per measurement; medians are reported."),
     tree_nodes: str | None = typer.Option(None, "--tree-nodes", help="Tree sizes of the speculative cost curve, "
                                           "a comma list (0 = root-only; default 0,1,2,4,8,16,32,64,128)."),
-    no_peers: bool = typer.Option(False, "--no-peers", help="Skip transformers and llama.cpp."),
+    no_peers: bool = typer.Option(False, "--no-peers", "--no-transformers",
+                                  help="Skip transformers and llama.cpp."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
 ) -> None:
     """This machine's step costs: floor, plain decoding vs peers, prefill, and the speculative cost curve."""

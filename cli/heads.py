@@ -70,7 +70,12 @@ def heads_shortlist(
     source = next((p for p in sources if p.is_file()), None)
     if source is None:
         raise EntmtpError(f"no training prompts found beside the heads ({' or '.join(map(str, sources))})")
-    prompts = [p["prompt"] for p in read_json(source)["prompts"]]
+    document = read_json(source)
+    records = document.get("prompts") if isinstance(document, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                                                for r in records):
+        raise EntmtpError(f"{source}: expected {{\"prompts\": [{{\"prompt\": ...}}, ...]}}")
+    prompts = [r["prompt"] for r in records]
     counts = shortlist.count_tokens((loaded.tokenizer.encode(p) for p in prompts), loaded.config.vocab_size)
     vocab = shortlist.choose(counts, size, coverage,
                              source=f"{len(prompts)} training prompts in {source.name} ({int(counts.sum())} tokens)")

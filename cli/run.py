@@ -49,6 +49,7 @@ def run(
     """Generate text for the prompts in a file."""
     from entmtp.decode.methods import DEFAULT_TASK, METHODS, MethodOptions, make_decoder
     from entmtp.decode.types import SamplingConfig
+    from entmtp.heads.shipped import draft_vocab_size
     from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompt_file
     from entmtp.schedule.bank import load_bank
@@ -64,10 +65,10 @@ def run(
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
     if typical and temperature <= 0:
         raise UsageError("--typical needs --temperature > 0 (greedy verification is already exact)")
-    if draft_vocab not in (None, "off", "heads") and not (draft_vocab.isdigit() and int(draft_vocab) > 0):
-        raise UsageError(f"--draft-vocab must be off, heads or a number of tokens, not {draft_vocab!r}")
-    if method == "ar" and draft_vocab not in (None, "off"):
-        raise UsageError("--draft-vocab goes with a speculative method (medusa, hydra, entmtp)")
+    draft_vocab_size(draft_vocab)
+    if method in ("ar", "entmtp") and draft_vocab not in (None, "off"):
+        # A bank's confidence bins and step costs were calibrated over the full vocabulary.
+        raise UsageError("--draft-vocab goes with --method medusa or hydra (banks are calibrated without one)")
     if method != "entmtp" and (bank or scheduler or signal):
         raise UsageError("--bank, --scheduler and --signal go with --method entmtp")
     if task is not None and task not in TASKS:

@@ -1,5 +1,6 @@
-"""Reading the project's JSON files (trees, banks, calibrations, configs): one
-reader, one EntmtpError naming the file for every way it can fail."""
+"""The project's JSON files (trees, banks, calibrations, configs, caches): one
+reader, with one EntmtpError naming the file for every way it can fail, and one
+atomic writer."""
 from __future__ import annotations
 
 import json
@@ -35,3 +36,14 @@ def parse_json(text: str, where: str) -> Any:
 def read_json(path: str | os.PathLike, where: Optional[str] = None) -> Any:
     where = where or str(path)
     return parse_json(read_text(path, where), where)
+
+
+def write_json(path: str | os.PathLike, document: Any, **dumps: Any) -> Path:
+    """Write `document` so that readers see the old file or the whole new one, never
+    a torn one (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, **dumps) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

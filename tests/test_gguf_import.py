@@ -1,4 +1,4 @@
-"""GGUF -> Hugging Face folder conversion (entmtp.gguf_import)."""
+"""GGUF -> Hugging Face folder conversion (entmtp.model.gguf_import)."""
 from __future__ import annotations
 
 import json

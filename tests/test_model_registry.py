@@ -1,4 +1,4 @@
-"""Default model, cache and name resolution (entmtp.model_registry)."""
+"""Default model, cache and name resolution (entmtp.model.registry)."""
 from __future__ import annotations
 
 import json

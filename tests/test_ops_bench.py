@@ -1,4 +1,4 @@
-"""Smoke test of the kernel benchmark (entmtp.kernel_bench) at tiny sizes."""
+"""Smoke test of the kernel benchmark (entmtp.bench.kernels) at tiny sizes."""
 from __future__ import annotations
 
 from entmtp.bench import kernels as kernel_bench

@@ -1,4 +1,4 @@
-"""entmtp.tokenizer against transformers, on the converted default model."""
+"""entmtp.model.tokenizer against transformers, on the converted default model."""
 from __future__ import annotations
 
 import json

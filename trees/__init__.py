@@ -1,1 +1,1 @@
-"""Tree JSON files shipped with entmtp (format entmtp-tree/1); load them with entmtp.trees.load_tree."""
+"""Tree JSON files shipped with entmtp (format entmtp-tree/1); load them with entmtp.trees.files.load_tree."""

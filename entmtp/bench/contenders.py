@@ -65,8 +65,9 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     a '+dv' suffix (draft vocabulary) is allowed on our speculative methods."""
     spec, draft_vocab = split_draft_vocab(spec)
     base, _, tree = spec.partition("@")
-    if draft_vocab and (base in PEERS or base == "ar"):
-        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with a speculative method")
+    if draft_vocab and base not in ("medusa", "hydra"):
+        # A bank's confidence bins and step costs were calibrated over the full vocabulary.
+        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with medusa or hydra")
     if base in PEERS and not tree:
         return base, None
     if base in BANK_METHODS:
@@ -120,8 +121,7 @@ class BankContender(OurContender):
 
         if task not in self._decoders:
             options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
-                                    signal=self.signal, head_kind=self.kind, task=task,
-                                    draft_vocab="heads" if split_draft_vocab(self.name)[1] else None)
+                                    signal=self.signal, head_kind=self.kind, task=task)
             self._decoders[task] = make_bank_decoder(self.loaded, options, heads=self.heads)
         self.decoder = self._decoders[task]
 

@@ -1,6 +1,6 @@
 """Micro-benchmark of the entmtp kernels against plain torch, side by side.
 
-    python -m entmtp.kernel_bench [--device cpu|cuda] [--dtype bf16,fp32] [--quick] [--repeats N]
+    entmtp kernels bench [--device cpu|cuda] [--dtype bf16,fp32] [--quick] [--repeats N]
 
 Each table row times our op and the torch contender alternately within every
 repetition (so drift, turbo and noisy neighbours hit both alike) and reports

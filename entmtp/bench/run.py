@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from entmtp import tasks
+from entmtp import machine, tasks
 from entmtp.bench.config import BenchConfig
 from entmtp.bench.contenders import (
     PeerMissing,
@@ -85,18 +85,8 @@ def append_result(path: Path, record: dict) -> None:
 
 
 def machine_facts(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    facts = {**machine.facts(device if torch.cuda.is_available() else "cpu"), "cores": os.cpu_count(),
              "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name()
     return facts
 
 

@@ -32,6 +32,7 @@ from entmtp import machine
 from entmtp.bench.contenders import LlamaCppContender, PeerMissing
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
+from entmtp.errors import EntmtpError
 from entmtp.heads.shipped import load_draft_vocab, load_model_heads
 from entmtp.model import linear
 from entmtp.model.loader import LoadedModel, load_model, parse_dtype
@@ -78,7 +79,10 @@ def run_step_bench(model_name: Optional[str], dtype_name: str, new_tokens: int, 
     prefill = _prefill_tokens_per_second(loaded, repeats)
     curve = []
     for kind in heads_kinds:
-        curve += _spec_curve(loaded, kind, nodes, repeats, console)
+        try:
+            curve += _spec_curve(loaded, kind, nodes, repeats, console)
+        except EntmtpError as missing:  # e.g. no heads or draft vocabulary ship for this model
+            console.print(f"skipping {kind}: {missing}")
 
     result = {
         "cpu": machine.cpu_model(), "cpu_class": machine.cpu_class(), "threads": torch.get_num_threads(),

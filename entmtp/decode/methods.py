@@ -30,7 +30,7 @@ class MethodOptions:
     # --method entmtp: a bank (shipped name or JSON path; None = the shipped bank for
     # the model, `head_kind` and `task`), its scheduler and the rate scheduler's signal.
     bank: Optional[str] = None
-    scheduler: Optional[str] = None   # None = the recommended one (entmtp.bank.RECOMMENDED)
+    scheduler: Optional[str] = None   # None = the bank's recommended one (Bank.recommended)
     signal: Optional[str] = None
     head_kind: str = "hydra"
     task: str = DEFAULT_TASK

@@ -170,7 +170,7 @@ class MedusaHeads(_DraftHeads):
                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_last [H] or [1, H] -> (ids int64 [n_heads, top_k], probs fp32 [n_heads, top_k]).
 
-        probs are each head's softmax probabilities (over the full vocabulary) of its
+        probs are each head's softmax probabilities (over the rows of its LM head) of its
         top-k tokens, in rank order; row i drafts the token at offset +2+i.
         """
         logits = self.forward(self._one_row(hidden_last), base_lm_head)[:, 0]  # [n, V]

@@ -32,9 +32,19 @@ def heads_folder(loaded: LoadedModel, kind: str, path: Optional[str] = None) -> 
     return path if path.is_dir() else path.parent
 
 
+def draft_vocab_size(spec: Optional[str]) -> Optional[int]:
+    """Checks a --draft-vocab value: None/"off" and "heads" -> None, "N" -> N (> 0)."""
+    if spec in (None, "off", "heads"):
+        return None
+    if not spec.isdigit() or int(spec) < 1:
+        raise UsageError(f"--draft-vocab must be off, heads or a number of tokens, not {spec!r}")
+    return int(spec)
+
+
 def load_draft_vocab(loaded: LoadedModel, kind: str, path: Optional[str], spec: Optional[str]) -> Optional[DraftVocab]:
     """`spec`: None or "off" (the full vocabulary), "heads" (the list stored beside the
     heads) or N (its N most frequent ids)."""
+    size = draft_vocab_size(spec)
     if spec in (None, "off"):
         return None
     folder = heads_folder(loaded, kind, path)
@@ -42,15 +52,7 @@ def load_draft_vocab(loaded: LoadedModel, kind: str, path: Optional[str], spec: 
     if vocab is None:
         raise EntmtpError(f"no draft vocabulary is stored with the {kind} heads in {folder}; "
                           f"make one with entmtp heads shortlist")
-    if spec == "heads":
-        return vocab
-    try:
-        size = int(spec)
-    except ValueError:
-        raise UsageError(f"--draft-vocab must be off, heads or a number of tokens, not {spec!r}") from None
-    if size < 1:
-        raise UsageError(f"--draft-vocab must be positive, got {size}")
-    return vocab.truncated(size)
+    return vocab if size is None else vocab.truncated(size)
 
 
 def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None):

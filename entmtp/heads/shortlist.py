@@ -1,5 +1,5 @@
 """A draft vocabulary: the heads' LM head restricted to the N tokens that occur
-most in the heads' training corpus.
+most in the heads' training prompts.
 
 Drafting projects every head's hidden state onto the whole vocabulary (49,152 rows
 for the default model: a 56 MB weight read per level), although the tokens the
@@ -88,4 +88,7 @@ def load(folder: Path) -> Optional[DraftVocab]:
     ids = document.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         raise EntmtpError(f"{path}: 'ids' must be a list of token ids")
-    return DraftVocab(tuple(ids), float(document.get("coverage", float("nan"))), str(document.get("source", "")))
+    coverage = document.get("coverage", float("nan"))
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)):
+        raise EntmtpError(f"{path}: 'coverage' must be a number")
+    return DraftVocab(tuple(ids), float(coverage), str(document.get("source", "")))

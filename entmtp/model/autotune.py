@@ -20,6 +20,7 @@ import torch
 
 from entmtp import machine
 from entmtp.errors import EntmtpError
+from entmtp.jsonfile import write_json
 from entmtp.model.registry import cache_root
 from entmtp.timing import interleaved, seconds_per_call
 
@@ -45,11 +46,7 @@ class MeasuredChoice:
 
     def _save(self) -> None:
         try:
-            path = self._file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._plan, indent=0, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
+            write_json(self._file(), self._plan, indent=0, sort_keys=True)
         except OSError:
             pass  # a read-only cache only costs a re-measurement next run
 

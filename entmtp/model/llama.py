@@ -57,7 +57,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     fp32 with few rows goes through (W @ x.T).T: MKL's fp32 GEMV and small-M GEMM
     run slow and single-threaded, while the transposed product takes its fast
     multi-threaded path (measured 1.65x faster decode on a 2-core AVX2 machine).
-    M = 1 is padded to 2 rows for the same reason. bf16 (oneDNN) is fine as is.
+    M = 1 is padded to 2 rows for the same reason. bf16 weights on the CPU take the
+    backend measured fastest for the shape (entmtp.model.linear).
     """
     if (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):

@@ -26,6 +26,7 @@ from typing import Optional
 
 from entmtp import __version__
 from entmtp.errors import EntmtpError
+from entmtp.jsonfile import write_json
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "entmtp-import.json"
@@ -203,9 +204,7 @@ def _cached_conversion(gguf: Path, folder: Path) -> Path:
             shutil.rmtree(trash, ignore_errors=True)
         convert_gguf(gguf, folder)
         marker = dict(record, entmtp_version=__version__)
-        tmp = folder / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / MARKER)  # the marker appears last, and whole
+        write_json(folder / MARKER, marker, indent=2)  # the marker appears last, and whole
         return folder
 
 

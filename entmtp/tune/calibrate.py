@@ -17,18 +17,17 @@ provenance: model, heads fingerprint, task, prompt ids, dtype, device, date.
 from __future__ import annotations
 
 import datetime
-import json
-import platform
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from entmtp import tasks
+from entmtp import machine, tasks
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import calibration_heads, heads_fingerprint, load_model_heads
+from entmtp.jsonfile import write_json
 from entmtp.model.loader import LoadedModel, load_model, model_fingerprint, parse_dtype, resolve_device
 from entmtp.schedule.signals import DEFAULT_WINDOW
 from entmtp.trees.growth import node_acceptance, superset_tree
@@ -135,7 +134,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
                       "path": str(heads_path) if heads_path else "shipped"},
             "task": task, "split": "calibration", "prompt_ids": [r.id for r in records],
             "max_new_tokens": max_new_tokens, "dtype": dtype_name, "device": str(loaded.model.device),
-            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "machine": machine.cpu_model(), "cpu_class": machine.cpu_class(), "threads": torch.get_num_threads(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "decode_seconds": round(decode_seconds, 1),
         },
@@ -148,10 +147,7 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
 
 
 def write_calibration(document: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, separators=(",", ":")) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, document, separators=(",", ":"))
 
 
 def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = None,
