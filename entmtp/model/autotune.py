@@ -86,8 +86,17 @@ class MeasuredChoice:
 
 
 def time_backends(calls: Mapping[str, Callable[[], object]], repeats: int = 7,
-                  device: torch.device | str = "cpu") -> dict[str, float]:
-    """Median seconds per call of each backend, timed round-robin after a warm-up call."""
+                  device: torch.device | str = "cpu", clear_margin: float = 4.0) -> dict[str, float]:
+    """Median seconds per call of each backend, timed round-robin after a warm-up call.
+
+    When one backend is more than `clear_margin` times slower than another already on
+    a second call, that call decides: on a CPU without native bf16 torch's matmul can
+    take seconds at hundreds of rows, and repeating it would only cost time."""
+    for fn in calls.values():
+        fn()  # warm-up: thread pool, allocator, lazy init
+    first = {name: seconds_per_call(fn, device) for name, fn in calls.items()}
+    if max(first.values()) > clear_margin * min(first.values()):
+        return first
     samples = interleaved({name: (lambda fn=fn: seconds_per_call(fn, device)) for name, fn in calls.items()},
-                          repeats)
+                          repeats, warmup=0)
     return {name: statistics.median(values) for name, values in samples.items()}
