@@ -10,6 +10,7 @@ ENTMTP_ATTENTION=ours|sdpa forces one.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Dict, Optional
 
 import torch
@@ -31,7 +32,7 @@ def _bucket(value: int, buckets) -> int:
 
 class StepAttention:
     """What every layer of one forward shares: the backend and, for SDPA, the
-    dense mask bool [T, L + T] (built once per forward, not per layer)."""
+    additive mask [T, L + T] (built once per forward, not per layer)."""
 
     def __init__(self, backend: str, tree_bits: Optional[torch.Tensor], cache_len: int, n_new: int,
                  device: torch.device, dtype: torch.dtype = torch.float32):
@@ -42,8 +43,9 @@ class StepAttention:
         if backend == SDPA and not self.is_causal:
             # Additive (0 / -inf) in the compute dtype: SDPA would convert a bool mask with a
             # `where` in every layer (2 of them per call, measured ~1.5 ms a 64-node step).
-            visible = _dense_mask(tree_bits, cache_len, n_new, device)
-            self.mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+            # The prefix is all visible; the [T, T] tree block is the same every step of a tree.
+            block = _tree_block(tree_bits, n_new, dtype, device)
+            self.mask = torch.cat([torch.zeros(n_new, cache_len, dtype=dtype, device=device), block], dim=1)
 
     @classmethod
     def for_forward(cls, tree_bits: Optional[torch.Tensor], cache_len: int, n_new: int, n_q: int, n_kv: int,
@@ -60,11 +62,30 @@ class StepAttention:
         return out.transpose(1, 2).contiguous()
 
 
-def _dense_mask(tree_bits: Optional[torch.Tensor], cache_len: int, n_new: int, device: torch.device) -> torch.Tensor:
-    if tree_bits is None:  # causal among the new tokens, all of the prefix visible
-        tree = torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril()
-        return torch.cat([torch.ones(n_new, cache_len, dtype=torch.bool, device=device), tree], dim=1)
-    return dense_mask_from_tree_bits(tree_bits.to(device), cache_len)
+# id(tree_bits) -> (a weak reference to it, {(dtype, device): additive block [T, T]}). A
+# tree's bits live in its TreeBuffers, built once, so the block is built once per tree.
+_BLOCKS: Dict[int, tuple] = {}
+
+
+def _tree_block(tree_bits: Optional[torch.Tensor], n_new: int, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    """Additive mask [T, T] among the new tokens: 0 where a node sees an ancestor or
+    itself (the tree; causal without one), -inf elsewhere."""
+    if tree_bits is None:
+        visible = torch.ones(n_new, n_new, dtype=torch.bool, device=device).tril()
+        return torch.zeros(n_new, n_new, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+    entry = _BLOCKS.get(id(tree_bits))
+    if entry is None or entry[0]() is not tree_bits:  # new bits, or an old id reused
+        if len(_BLOCKS) > 256:
+            _BLOCKS.clear()
+        entry = _BLOCKS[id(tree_bits)] = (weakref.ref(tree_bits), {})
+    blocks = entry[1]
+    block = blocks.get((dtype, device))
+    if block is None:
+        visible = dense_mask_from_tree_bits(tree_bits.to(device), 0)
+        block = blocks[(dtype, device)] = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
+            ~visible, float("-inf"))
+    return block
 
 
 def choose(n_new: int, cache_len: int, n_q: int, n_kv: int, head_dim: int, dtype: torch.dtype) -> str:
