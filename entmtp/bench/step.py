@@ -77,10 +77,10 @@ def run_step_bench(model_name: Optional[str], dtype_name: str, new_tokens: int, 
 
     ar = _ar_steps(loaded, dtype, new_tokens, repeats, with_peers, console)
     prefill = _prefill_tokens_per_second(loaded, repeats)
-    curve = []
+    curve, heads_by_kind = [], {}  # hydra and hydra+dv share one copy of the heads
     for kind in heads_kinds:
         try:
-            curve += _spec_curve(loaded, kind, nodes, repeats, console)
+            curve += _spec_curve(loaded, kind, nodes, repeats, console, heads_by_kind)
         except EntmtpError as missing:  # e.g. no heads or draft vocabulary ship for this model
             console.print(f"skipping {kind}: {missing}")
 
@@ -147,10 +147,12 @@ def _prefill_tokens_per_second(loaded: LoadedModel, repeats: int) -> dict[int, f
 
 
 def _spec_curve(loaded: LoadedModel, kind: str, nodes: Sequence[int], repeats: int,
-                console: Console) -> list[dict]:
+                console: Console, heads_by_kind: dict) -> list[dict]:
     """ms of one speculative step per tree size, interleaved; ratios to root-only."""
     base, _, suffix = kind.partition("+")
-    heads = load_model_heads(loaded, base)
+    if base not in heads_by_kind:
+        heads_by_kind[base] = load_model_heads(loaded, base)
+    heads = heads_by_kind[base]
     vocab = load_draft_vocab(loaded, base, None, "heads") if suffix == "dv" else None
     trees = [tree_from_paths("root-only", []) if n == 0 else superset_tree(heads.n_heads, DEFAULT_TOP_K, n)
              for n in nodes]
