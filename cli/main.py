@@ -10,7 +10,7 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, Interrupted
 
 from . import bench, calibrate, heads, kernels, models, run, trees
 
@@ -47,8 +47,13 @@ def _err(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="entmtp", standalone_mode=False)
-        return 0
+        code = app(args=args, prog_name="entmtp", standalone_mode=False)
+        if code == 130:
+            # Typer turns a KeyboardInterrupt that no command caught into Exit(130), which
+            # standalone_mode=False hands back as the return value instead of raising.
+            _err("interrupted")
+            return 130
+        return code if isinstance(code, int) else 0
     except typer.Exit as exc:  # --help and friends
         return exc.exit_code
     except typer.Abort:
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _err(exc.format_message())  # one line instead of the usage box
         return 2
+    except Interrupted as exc:  # a long command's own account of what was kept
+        _err(str(exc))
+        return exc.exit_code
     except EntmtpError as exc:
         if _DEBUG["on"]:
             raise

@@ -31,13 +31,16 @@ def models_list() -> None:
 
 @app.command("import-gguf")
 def models_import_gguf(gguf: Path = typer.Argument(..., help="A llama-architecture .gguf file."),
-                       out: Path = typer.Argument(..., help="Folder to write (must not exist).")) -> None:
+                       out: Path = typer.Argument(..., help="Folder to write (new or empty).")) -> None:
     """Convert a GGUF file into a Hugging Face-style folder entmtp can load."""
     from entmtp.model.gguf_import import convert_gguf
+    from entmtp.outputs import check_output_folder
 
+    if gguf.is_dir():
+        raise EntmtpError(f"GGUF file {gguf} is a folder, not a file")
     if not gguf.is_file():
         raise EntmtpError(f"GGUF file {gguf} does not exist")
-    if out.exists():
-        raise EntmtpError(f"output folder {out} already exists")
+    # Before reading the GGUF: the conversion builds the folder beside OUT and renames it into place.
+    check_output_folder(out, "OUT", empty=True)
     path = convert_gguf(gguf, out)
     typer.echo(f"wrote {path}")

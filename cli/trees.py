@@ -1,12 +1,11 @@
 """`entmtp trees`: list and show draft trees and tree banks, and build a bank from a calibration."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from entmtp.errors import UsageError
+from entmtp.errors import EntmtpError, Interrupted, UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Draft trees shipped with entmtp or in JSON files.")
 
@@ -37,23 +36,39 @@ def _is_bank_file(path: Path) -> bool:
 @app.command("build")
 def trees_build(
     calibration: Path = typer.Option(..., "--calibration", help="A file written by entmtp calibrate."),
-    out: Path | None = typer.Option(None, "--out", help="Bank JSON (default: <model>-<heads>-<task>.json here)."),
-    task: str | None = typer.Option(None, "--task", help="The task the bank is for (warns if the calibration is another's)."),
+    out: Path | None = typer.Option(None, "--out", help="Bank JSON, overwritten if it exists "
+                                    "(default: <model>-<heads>-<task>.json here)."),
+    task: str | None = typer.Option(None, "--task", help="The task the bank is for (warns if the calibration "
+                                    "is another's)."),
     name: str | None = typer.Option(None, "--name", help="Bank name (default <model>-<heads>-<task>)."),
     max_nodes: int = typer.Option(128, "--max-nodes", help="Largest tree grown (limited by the superset)."),
     bank_size: int = typer.Option(6, "--bank-size", help="Most trees in the bank."),
     rollout_prompts: int = typer.Option(8, "--rollout-prompts", help="Calibration prompts per bank tree for the "
                                         "self-rollout de-biasing (0 = skip; needs the model)."),
     model: str | None = typer.Option(None, "--model"),
-    heads_path: str | None = typer.Option(None, "--heads", help="Heads file or folder the calibration was made with (default: the shipped ones)."),
+    heads_path: str | None = typer.Option(None, "--heads", help="Heads file or folder the calibration was made "
+                                          "with (default: the shipped ones)."),
 ) -> None:
-    """Pareto tree bank (trees, hulls, calibration tables, cost curve, ladder) from a calibration."""
+    """Pareto tree bank (trees, hulls, calibration tables, cost curve, ladder) from a calibration.
+
+    --out is overwritten if it exists."""
+    from entmtp.jsonfile import write_json
+    from entmtp.outputs import check_output_file
     from entmtp.schedule.bank import shipped_bank_name
+    from entmtp.tasks import TASKS
     from entmtp.tune.build import build_bank, read_calibration
     from entmtp.tune.calibrate import self_rollout_with
 
-    if max_nodes < 1 or bank_size < 1 or rollout_prompts < 0:
-        raise UsageError("--max-nodes and --bank-size must be >= 1, --rollout-prompts >= 0")
+    for option, value, least in (("--max-nodes", max_nodes, 1), ("--bank-size", bank_size, 1),
+                                 ("--rollout-prompts", rollout_prompts, 0)):
+        if value < least:
+            raise UsageError(f"{option} must be >= {least}, got {value}")
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    if name is not None and (not name.strip() or "/" in name or "\\" in name):
+        raise UsageError(f"--name must be a bank name, not a path: {name!r}")
+    if heads_path is not None and not Path(heads_path).exists():
+        raise EntmtpError(f"--heads {heads_path} does not exist")
     document = read_calibration(calibration)
     provenance = document["provenance"]
     if task is not None and task != provenance.get("task"):
@@ -61,18 +76,25 @@ def trees_build(
                    f"not {task!r}", err=True)
     bank_name = name or shipped_bank_name(provenance["model"]["name"], provenance["heads"]["kind"],
                                           task or provenance["task"])
-    rollout = None
-    if rollout_prompts:
-        rollout = self_rollout_with(document, rollout_prompts, model, heads_path,
-                                    log=lambda m: typer.echo(m, err=True))
-    bank = build_bank(document, bank_name, max_nodes=max_nodes, bank_size=bank_size, self_rollout=rollout)
-    path = out or Path(f"{bank_name}.json")
-    path.write_text(json.dumps(bank, indent=1) + "\n", encoding="utf-8")
-    best = bank["static_best"]
+    # The default path comes from the calibration; checked before the self-rollouts (minutes).
+    path = check_output_file(out or Path(f"{bank_name}.json"), "--out")
+    if path.resolve() == calibration.resolve():
+        raise UsageError(f"--out {path} is the calibration file itself; choose another path for the bank")
+    try:
+        rollout = None
+        if rollout_prompts:
+            rollout = self_rollout_with(document, rollout_prompts, model, heads_path,
+                                        log=lambda m: typer.echo(m, err=True))
+        bank = build_bank(document, bank_name, max_nodes=max_nodes, bank_size=bank_size, self_rollout=rollout)
+        write_json(path, bank, indent=1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: nothing was written (the bank is written to {path} only when "
+                          "complete)") from None
+    best, recommended = bank["static_best"], bank["recommended"]
     typer.echo(f"wrote {path}: {len(bank['trees'])} trees "
                f"({', '.join(t['name'] for t in bank['trees'])}), static best {best}, "
                f"ladder {bank['ladder']['trees']} at {bank['ladder']['thresholds']}; recommended "
-               f"{bank['recommended']['scheduler']}{':' + bank['recommended']['signal'] if bank['recommended']['signal'] else ''}"
+               f"{recommended['scheduler']}{':' + recommended['signal'] if recommended['signal'] else ''}"
                f" (modeled tok/s on the calibration steps: "
                + ", ".join(f"{k} {v:.1f}" for k, v in bank["calibration_rates"].items()) + ")")
 

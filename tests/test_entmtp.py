@@ -341,7 +341,7 @@ def test_bank_commands_turn_bad_input_into_one_line(capsys, tmp_path, prompt_fil
     code, _, err = _cli(capsys, "run", "--method", "hydra", "--scheduler", "rate", "--prompt-file",
                         str(prompt_file))
     assert code == 2
-    _one_error_line(err, "go with --method entmtp")
+    _one_error_line(err, "--scheduler goes with --method entmtp, not --method hydra")
     code, _, err = _cli(capsys, "bench", "--methods", "rate@llama", "--limit", "1")
     assert code == 2
     _one_error_line(err, "takes hydra or medusa")

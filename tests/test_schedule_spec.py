@@ -37,3 +37,41 @@ def test_every_bench_bank_method_is_a_spec():
     assert bank_method_spec("entmtp") is None
     for name in BANK_METHODS[1:]:
         assert bank_method_spec(name).method == name
+
+
+# --------------------------------------------------------------------------- names the user typed
+
+def test_an_unknown_bank_name_is_a_usage_mistake_but_a_bad_bank_file_is_not(tmp_path):
+    from entmtp.errors import EntmtpError
+    from entmtp.schedule.bank import load_bank
+
+    with pytest.raises(UsageError, match="unknown bank 'nope'; shipped banks: .*smollm2") as caught:
+        load_bank("nope")
+    assert caught.value.exit_code == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "entmtp-bank/1"')
+    for path in (tmp_path / "absent.json", broken):
+        with pytest.raises(EntmtpError) as caught:
+            load_bank(path)
+        assert type(caught.value) is EntmtpError and caught.value.exit_code == 1
+
+
+def test_a_tree_the_bank_lacks_is_a_usage_mistake():
+    from entmtp.schedule.bank import bank_policy, list_banks, load_bank
+
+    bank = load_bank(list_banks()[0])
+    assert bank_policy(bank, "static", tree=bank.trees[0].name).trees == (bank.trees[0],)
+    with pytest.raises(UsageError, match=f"bank '{bank.name}' has no tree 'nope'; its trees: n0") as caught:
+        bank_policy(bank, "static", tree="nope")
+    assert caught.value.exit_code == 2
+
+
+def test_a_missing_shipped_bank_names_the_model_heads_and_task():
+    from entmtp.schedule.bank import list_banks, load_shipped_bank
+
+    bank = load_shipped_bank("smollm2-135m-instruct", "hydra", "gsm8k")
+    assert bank.name == "smollm2-135m-instruct-hydra-gsm8k" and bank.name in list_banks()
+    with pytest.raises(UsageError, match="no shipped bank for model 'my-llama' with medusa heads on task 'gsm8k'; "
+                                         r"calibrate one \(entmtp calibrate --task gsm8k") as caught:
+        load_shipped_bank("my-llama", "medusa", "gsm8k")
+    assert caught.value.exit_code == 2 and "unknown bank" not in str(caught.value)

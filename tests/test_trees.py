@@ -9,10 +9,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, UsageError
 from entmtp.trees.files import list_trees, load_tree, save_tree
 from entmtp.trees.render import render_tree
-from entmtp.trees.tree import Tree, ancestor_bits, medusa_candidates, tree_from_paths
+from entmtp.trees.tree import MAX_DEPTH, MAX_NODES, MAX_RANK, Tree, ancestor_bits, medusa_candidates, tree_from_paths
 
 TREES_DIR = Path(__file__).resolve().parent.parent / "trees"
 MC_SIM_FILE = TREES_DIR / "mc_sim_7b_63.json"
@@ -270,6 +270,40 @@ def test_named_lookup_uses_the_installed_package():
 def test_unknown_name_lists_available_trees():
     with pytest.raises(EntmtpError, match="unknown tree 'nope'.*chain4.*mc_sim_7b_63.*tree16"):
         load_tree("nope")
+
+
+def test_an_unknown_name_is_a_usage_mistake_but_a_bad_file_is_not(tmp_path):
+    # `--tree nope` is a typo in the command line (exit 2); a path names a file whose problem is its own (exit 1).
+    with pytest.raises(UsageError, match="unknown tree 'nope'") as caught:
+        load_tree("nope")
+    assert caught.value.exit_code == 2
+    for path in (tmp_path / "absent.json", write_document(tmp_path, "{not json")):
+        with pytest.raises(EntmtpError) as caught:
+            load_tree(path)
+        assert type(caught.value) is EntmtpError and caught.value.exit_code == 1
+
+
+@pytest.mark.parametrize("paths, message", [
+    ([[0], [10**12]], r"too large rank 1000000000000 \(0\.\.1023\)"),
+    ([[2**64]], "too large rank"),
+    ([[0] * depth for depth in range(1, 35)], "path #32 has 33 ranks; a tree is at most 32 deep"),
+    ([[rank] for rank in range(3000)], "3000 paths; a tree has at most 2048"),
+    ([[0] * 5000], "5000 ranks"),
+])
+def test_bounds_fail_fast_with_one_line(tmp_path, paths, message):
+    """A huge rank or a huge tree is refused before any buffer is built (it used to overflow torch.tensor)."""
+    with pytest.raises(EntmtpError, match=message) as caught:
+        load_tree(write_document(tmp_path, document_with(paths)))
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_largest_allowed_tree_builds_its_buffers():
+    chain = [[0] * depth for depth in range(1, MAX_DEPTH + 1)]
+    fans = [[1]] + [[1, rank] for rank in range(MAX_RANK + 1)] + [[2]]
+    fans += [[2, rank] for rank in range(MAX_NODES - len(chain) - len(fans) - 1)]
+    wide = tree_from_paths("wide", chain + fans + [[MAX_RANK]])
+    assert wide.n_nodes == MAX_NODES + 1 and wide.max_depth == MAX_DEPTH
+    assert wide.buffers("cpu", MAX_RANK + 1).tree_bits.shape == (MAX_NODES + 1, (MAX_NODES + 64) // 64)
 
 
 @pytest.mark.parametrize("path", sorted(TREES_DIR.glob("*.json")), ids=lambda p: p.stem)

@@ -1,6 +1,7 @@
 """Micro-benchmark of the entmtp kernels against plain torch, side by side.
 
     entmtp kernels bench [--device cpu|cuda] [--dtype bf16,fp32] [--quick] [--repeats N]
+                         [--T 1,8] [--L 256] [--V 49152] [--N 1,64] [--skip attention|entropy]
 
 Each table row times our op and the torch contender alternately within every
 repetition (so drift, turbo and noisy neighbours hit both alike) and reports
@@ -14,14 +15,17 @@ the medians and their ratio (torch / ours: > 1 means ours is faster).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
-from typing import Callable, List, Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from entmtp import ops
+from entmtp.errors import EntmtpError, UsageError
 from entmtp.reference import causal_tree_bits, dense_mask_from_tree_bits, tree_bits_from_parents
 from entmtp.timing import interleaved, seconds_per_call
 
@@ -122,40 +126,105 @@ def bench_entropy(device: str, dtype: torch.dtype, vocabs: Sequence[int], rows: 
             print(line)
 
 
-def _int_list(text: str) -> List[int]:
-    return [int(x) for x in text.split(",") if x]
+_ALL_DTYPES = ", ".join(_DTYPES)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="entmtp kernels bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", default="bf16,fp32", help="comma list of bf16, fp32, fp16")
-    parser.add_argument("--quick", action="store_true", help="a few shapes only (CI smoke)")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--T", type=_int_list, default=None, help="override the T values (comma list)")
-    parser.add_argument("--L", type=_int_list, default=None, help="override the prefix lengths")
-    parser.add_argument("--V", type=_int_list, default=None, help="override the vocabulary sizes")
-    parser.add_argument("--N", type=_int_list, default=None, help="override the logit row counts")
-    parser.add_argument("--skip", choices=("attention", "entropy"), default=None)
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    device: str
+    dtypes: tuple[str, ...]
+    shapes: tuple[tuple[int, int, int], ...]
+    t_values: tuple[int, ...]
+    l_values: tuple[int, ...]
+    vocabs: tuple[int, ...]
+    rows: tuple[int, ...]
+    repeats: int
+    skip: str | None
 
-    shapes = [(9, 3, 64)] if args.quick else [(9, 3, 64), (32, 32, 128)]
-    t_values = args.T or ([1, 64] if args.quick else [1, 8, 32, 64, 128])
-    l_values = args.L or ([1024] if args.quick else [256, 1024, 4096])
-    vocabs = args.V or ([49152] if args.quick else [49152, 131072])
-    rows = args.N or [1, 64]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
-    for name in args.dtype.split(","):
-        dtype = _DTYPES[name.strip()]
-        if args.skip != "attention":
-            bench_attention(args.device, dtype, shapes, t_values, l_values, args.repeats)
-        if args.skip != "entropy":
-            bench_entropy(args.device, dtype, vocabs, rows, args.repeats)
+
+def _int_list(text: str | None, option: str, minimum: int) -> list[int] | None:
+    """A comma list of integers >= minimum, or None when the option is not given."""
+    if text is None:
+        return None
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            value = int(item)
+        except ValueError:
+            raise UsageError(f"{option} must be a comma list of integers >= {minimum}, not {text!r}") from None
+        if value < minimum:
+            raise UsageError(f"{option} must be a comma list of integers >= {minimum}, got {value}")
+        values.append(value)
+    return values
+
+
+def bench_options(device: str = "cpu", dtype: str = "bf16,fp32", quick: bool = False, repeats: int = 7,
+                  t_list: str | None = None, l_list: str | None = None, v_list: str | None = None,
+                  n_list: str | None = None, skip: str | None = None) -> BenchOptions:
+    """Check the options as typed (the same for the CLI and `python -m`): every mistake
+    is one UsageError naming the option and what it takes, before anything is timed."""
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EntmtpError("--device cuda was asked for but no CUDA GPU is available")
+    dtypes = tuple(name.strip() for name in dtype.split(","))
+    unknown = [name for name in dtypes if name not in _DTYPES]
+    if unknown:
+        raise UsageError(f"--dtype must be a comma list of {_ALL_DTYPES}, not {unknown[0]!r}")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    if skip not in (None, "attention", "entropy"):
+        raise UsageError(f"--skip must be attention or entropy, not {skip!r}")
+    # T new tokens and N logit rows are at least one; a prefix may be empty (L = 0).
+    t_values = _int_list(t_list, "--T", 1) or ([1, 64] if quick else [1, 8, 32, 64, 128])
+    l_values = _int_list(l_list, "--L", 0) or ([1024] if quick else [256, 1024, 4096])
+    vocabs = _int_list(v_list, "--V", 1) or ([49152] if quick else [49152, 131072])
+    rows = _int_list(n_list, "--N", 1) or [1, 64]
+    shapes = ((9, 3, 64),) if quick else ((9, 3, 64), (32, 32, 128))
+    return BenchOptions(device, tuple(dict.fromkeys(dtypes)), shapes, tuple(t_values), tuple(l_values),
+                        tuple(vocabs), tuple(rows), repeats, skip)
+
+
+def run(options: BenchOptions) -> int:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {options.device}"
+          + (f" ({torch.cuda.get_device_name()})" if options.device == "cuda" else ""))
+    for name in options.dtypes:
+        dtype = _DTYPES[name]
+        if options.skip != "attention":
+            bench_attention(options.device, dtype, options.shapes, options.t_values, options.l_values,
+                            options.repeats)
+        if options.skip != "entropy":
+            bench_entropy(options.device, dtype, options.vocabs, options.rows, options.repeats)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One UsageError line, as from `entmtp kernels bench`, instead of argparse's usage block.
+        raise UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m entmtp.bench.kernels`, with the options of `entmtp kernels bench`."""
+    parser = _Parser(prog="python -m entmtp.bench.kernels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="bf16,fp32", help=f"comma list of {_ALL_DTYPES}")
+    parser.add_argument("--quick", action="store_true", help="a few shapes only (CI smoke)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--T", help="override the T values (comma list)")
+    parser.add_argument("--L", help="override the prefix lengths")
+    parser.add_argument("--V", help="override the vocabulary sizes")
+    parser.add_argument("--N", help="override the logit row counts")
+    parser.add_argument("--skip", default=None, help="attention or entropy")
+    args = parser.parse_args(argv)
+    return run(bench_options(args.device, args.dtype, args.quick, args.repeats, args.T, args.L, args.V, args.N,
+                             args.skip))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except EntmtpError as error:
+        print(f"entmtp: error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None

@@ -36,7 +36,8 @@ from entmtp.bench.contenders import (
     parse_method,
 )
 from entmtp.bench.summary import live_table, summarize, summary_markdown
-from entmtp.errors import EntmtpError, UsageError
+from entmtp.errors import EntmtpError, Interrupted, UsageError
+from entmtp.outputs import check_output_folder
 
 RESULTS = "results.jsonl"
 
@@ -44,34 +45,48 @@ RESULTS = "results.jsonl"
 # ---------------------------------------------------------------- results file
 def open_results(cfg: BenchConfig, console: Console) -> tuple[Path, list[dict]]:
     """Create --out, check it is writable, and load earlier results for --resume."""
+    check_output_folder(cfg.out, "--out")
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        probe = cfg.out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
         raise EntmtpError(f"cannot write to --out {cfg.out}: {exc.strerror or exc}") from None
     path = cfg.out / RESULTS
     if not path.exists():
         return path, []
     if not cfg.resume:
-        raise EntmtpError(f"{path} already exists; pass --resume to continue it or choose another --out")
-    done, torn = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            done.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn += 1  # a line cut by an interrupt: that prompt is simply run again
+        raise UsageError(f"{path} already exists; pass --resume to continue it or choose another --out")
+    done, torn = _read_results(path)
     settings = cfg.settings()
     for record in done:
-        if record.get("settings") != settings:
-            raise EntmtpError(f"{path} was made with other settings ({record.get('settings')}); "
-                              f"use another --out or the same flags")
+        theirs = record.get("settings")
+        if theirs != settings:
+            theirs = theirs if isinstance(theirs, dict) else {}
+            differ = [f"{key} {theirs.get(key)!r} there, {settings.get(key)!r} now"
+                      for key in sorted(set(settings) | set(theirs)) if theirs.get(key) != settings.get(key)]
+            raise UsageError(f"{path} was made with other settings ({'; '.join(differ)}); "
+                             f"use the same flags to --resume, or another --out")
     if torn:
         # Rewrite without the torn line(s), so appends start on a line of their own.
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
         console.print(f"[yellow]{torn} unreadable line(s) in {path} dropped; those prompts run again[/]")
     return path, done
+
+
+def _read_results(path: Path) -> tuple[list[dict], int]:
+    """results.jsonl -> (its records, the number of unreadable lines)."""
+    done, torn = [], 0
+    if not path.exists():
+        return done, torn
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and all(k in record for k in ("task", "method", "prompt_id")):
+            done.append(record)
+        else:
+            torn += 1  # a line cut by an interrupt: that prompt is simply run again
+    return done, torn
 
 
 def append_result(path: Path, record: dict) -> None:
@@ -99,7 +114,7 @@ def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
 
 # ------------------------------------------------------------------------- run
 def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
-    from entmtp.model.loader import load_model, parse_dtype, resolve_device
+    from entmtp.model.loader import parse_dtype, resolve_device
 
     console = console or Console(stderr=True)
     if cfg.plot:
@@ -124,6 +139,32 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
                           f"(lines {', '.join(map(str, skipped.lines[:5]))}{' ...' if len(skipped.lines) > 5 else ''})[/]")
         prompts[task] = records[:cfg.limit] if cfg.limit else records
     results_path, records = open_results(cfg, console)
+    planned = {(task, r.id) for task, task_prompts in prompts.items() for r in task_prompts}
+    try:
+        records = _load_and_measure(cfg, console, prompts, records, results_path, dtype, device)
+    except KeyboardInterrupt:
+        if not console.is_terminal:
+            console.line()  # the progress bar's last frame ends without one
+        # Every finished (prompt, method) is already on disk, fsynced: only the one in progress is lost.
+        kept = sum(1 for r in _read_results(results_path)[0] if (r["task"], r["prompt_id"]) in planned)
+        raise Interrupted(f"interrupted: {kept} finished (prompt, method) results are in {results_path}, the "
+                          f"one in progress was dropped; rerun the same command with --resume to continue") from None
+
+    summary = summarize(records, cfg, machine_facts(cfg.device))
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (cfg.out / "summary.md").write_text(summary_markdown(summary))
+    if cfg.plot:
+        from entmtp.bench.plots import write_plots
+        write_plots(summary, records, cfg.out)
+    if cfg.analysis:
+        write_analysis(records, summary, cfg, console)
+    return summary
+
+
+def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records: list[dict], results_path: Path,
+                      dtype, device) -> list[dict]:
+    """Load the model and every contender, warm them up, then measure what is not done yet."""
+    from entmtp.model.loader import load_model
 
     loaded = load_model(cfg.model, dtype, device)
     contenders = []
@@ -156,6 +197,14 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
                         console=console)
     bar = progress.add_task("bench", total=total)
     settings = cfg.settings()
+    _measure(cfg, prompts, contenders, records, done, results_path, progress, bar, settings, tokenizer, eos)
+    return records
+
+
+def _measure(cfg: BenchConfig, prompts: dict, contenders: list, records: list[dict], done: set, results_path: Path,
+             progress: Progress, bar, settings: dict, tokenizer, eos: set[int]) -> None:
+    """Every (prompt, contender) not yet in results.jsonl, interleaved prompt by prompt."""
+    console = progress.console
     with Live(progress, console=console, refresh_per_second=4) as live:
         for task, task_prompts in prompts.items():
             for record in task_prompts:
@@ -180,16 +229,6 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
                     records.append(result)
                     progress.advance(bar)
                     live.update(Group(progress, live_table(task, records)))
-
-    summary = summarize(records, cfg, machine_facts(cfg.device))
-    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (cfg.out / "summary.md").write_text(summary_markdown(summary))
-    if cfg.plot:
-        from entmtp.bench.plots import write_plots
-        write_plots(summary, records, cfg.out)
-    if cfg.analysis:
-        write_analysis(records, summary, cfg, console)
-    return summary
 
 
 def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console: Console) -> None:

@@ -7,16 +7,13 @@ from typing import Optional
 from entmtp.decode.accept import VerifyConfig
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
+from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, METHODS
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import heads_fingerprint, load_draft_vocab, load_model_heads
 from entmtp.model.loader import LoadedModel, model_fingerprint
-from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, shipped_bank_name
+from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, load_shipped_bank
 from entmtp.schedule.spec import SchedulerSpec
 from entmtp.trees.files import load_tree
-
-METHODS = ("ar", "medusa", "hydra", "entmtp")
-DEFAULT_TASK = "sharegpt"         # whose shipped bank `--method entmtp` uses without --bank
-DEFAULT_TREE = "mc_sim_7b_63"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +29,7 @@ class MethodOptions:
     bank: Optional[str] = None
     scheduler: Optional[str] = None   # None = the bank's recommended one (Bank.recommended)
     signal: Optional[str] = None
-    head_kind: str = "hydra"
+    head_kind: str = DEFAULT_HEAD_KIND
     task: str = DEFAULT_TASK
 
 
@@ -67,7 +64,8 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
 
     The bank must have been calibrated for this model and these heads (checked
     against its provenance); `heads` may be passed in already loaded."""
-    bank = load_bank(options.bank or shipped_bank_name(loaded.folder.name, options.head_kind, options.task))
+    bank = (load_bank(options.bank) if options.bank
+            else load_shipped_bank(loaded.folder.name, options.head_kind, options.task))
     kind = bank.provenance.get("heads", {}).get("kind")
     if kind not in ("medusa", "hydra"):
         raise EntmtpError(f"bank {bank.name!r} does not say which heads it was built for")
@@ -76,8 +74,12 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
     # Without --scheduler: the bank's recommendation (chosen on its calibration steps);
     # `--scheduler rate` without --signal: the bank's recommended signal.
-    spec = (SchedulerSpec(options.scheduler, options.signal) if options.scheduler
-            else bank.recommended).with_signal(bank.recommended.signal or RECOMMENDED.signal)
+    # --signal alone means the rate scheduler with that signal, whatever the bank recommends.
+    if options.scheduler:
+        spec = SchedulerSpec(options.scheduler, options.signal)
+    else:
+        spec = SchedulerSpec("rate", options.signal) if options.signal else bank.recommended
+    spec = spec.with_signal(bank.recommended.signal or RECOMMENDED.signal)
     policy = bank_policy(bank, spec.scheduler, spec.signal or RECOMMENDED.signal, options.tree)
     top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
     label = f"entmtp-{spec.method}"

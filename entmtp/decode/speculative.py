@@ -56,6 +56,7 @@ class SpeculativeDecoder:
         # collects them to fit the probe); None in normal runs.
         self.on_step_hidden: Optional[Callable[[torch.Tensor], None]] = None
         self.signals = SignalTracker(signal_window)
+        self._fitted: dict[tuple[Tree, int], Tree] = {}  # (tree, room) -> its first `room` nodes (fit_context)
         # Drafting projects onto draft_lm_head [N, H]: the base LM head, or its rows for a
         # draft vocabulary (entmtp.heads.shortlist); draft_ids [N] maps a row back to its token.
         self.draft_vocab = draft_vocab
@@ -212,14 +213,17 @@ class SpeculativeDecoder:
                  on_tokens: Optional[TokenCallback] = None) -> GenerationResult:
         model, policy = self.model, self.policy
         context = check_prompt_fits(model, len(prompt_ids))
-        # Leave room for the largest tree after the last committed token.
-        widest = self.buffers.n_nodes if policy is None else max(
-            t.n_nodes for t in policy.trees + ((policy.verify_tree,) if policy.hindsight else ()))
-        budget = min(max_new_tokens, context - len(prompt_ids) - widest)
-        if budget <= 0:
-            budget = min(max_new_tokens, context - len(prompt_ids))
-        needed = min(context, len(prompt_ids) + budget + widest)
-        cache = self._cache = model.reuse_cache(self._cache, needed)
+        members = (self.tree,) if policy is None else policy.trees + ((policy.verify_tree,) if policy.hindsight else ())
+        widest = max(members, key=lambda t: t.n_nodes)
+        if widest.n_nodes > context:
+            raise UsageError(f"tree {widest.name!r} has {widest.n_nodes} nodes but the model's context holds only "
+                             f"{context} positions; use a smaller tree")
+        # The same budget as plain decoding: near the end of the context each step's tree
+        # shrinks to what still fits (fit_context), so the output is ar's to the last position.
+        budget = min(max_new_tokens, context - len(prompt_ids))
+        limit = min(context, len(prompt_ids) + budget + widest.n_nodes)  # cache slots this prompt can touch
+        cache = self._cache = model.reuse_cache(self._cache, limit)
+        own_tree = self.tree
         generator = sampling.generator(model.device)
         eos = set(eos_ids)
         out: list[int] = []
@@ -259,65 +263,94 @@ class SpeculativeDecoder:
         cache_len = len(prompt_ids)
         done = emit([int(root)])
         steps = 1
-        stop = "max_new_tokens"
-        while not done and cache_len + widest <= cache.capacity:
-            step_start = time.perf_counter()
-            seen = self.signals.signals()
-            if probe_value is not None:
-                seen = dataclasses.replace(seen, probe=probe_value)
-            if self.on_step_hidden is not None:
-                self.on_step_hidden(hidden_last)
-            choice = self.choose_tree(seen)
-            scheduler_seconds = time.perf_counter() - step_start
-            peeked = None
-            if choice == DRAFT:  # two-phase policy: head 0 runs first, its confidence picks the tree
-                peeked = self.peek(root, hidden_last)
-                peek_done = time.perf_counter()
-                choice = policy.refine(float(peeked[1][0, 0]))  # this step's second read: the peek decides
-                self.set_tree(policy.trees[choice])
-                scheduler_seconds += time.perf_counter() - peek_done
-            with torch.inference_mode():
-                tokens, confidence = self.propose(root, hidden_last, peeked)
-                logits, hidden = self.verify(cache, cache_len, tokens)
-                # One fused pass over the logits: per-node entropy and argmax.
-                entropy, base_argmax = ops.token_entropy(logits)[:2]
-                # Read with the accepted path, in the same transfer: the root entropy and
-                # head confidence (signals), the argmax along the path (the oracle's
-                # bonus), and the probe of every node's hidden state (next step's signal).
-                per_node = [base_argmax]
-                if probe_weights is not None:
-                    per_node.append(self._probe(probe_weights, hidden))
-                extras = [entropy[0]] + ([] if confidence is None else [confidence[0], confidence[1]])
-                outcome = self.accept(tokens, logits, base_argmax, generator, per_node, extras)
-                if policy is not None and policy.hindsight:
-                    choice, outcome = self._settle_in_hindsight(outcome, base_argmax)
-                cache_len = self.commit(cache, cache_len, outcome.slots)
-            done = emit(outcome.emitted)
-            root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
-            if probe_weights is not None:
-                probe_value = outcome.along_path[1][len(outcome.path) - 1]
-            steps += 1
-            accepted = len(outcome.path) - 1
-            observed = outcome.extras
-            confidence = observed[1] if len(observed) > 1 else None
-            self.signals.observe_entropy(observed[0])
-            if self.tree.max_depth > 0:
-                self.signals.observe_draft(accepted, confidence)
-            tree_name = self.tree.name if choice is None else policy.trees[choice].name
-            records.append(StepRecord(
-                accepted, tree_name, observed[0], time.perf_counter() - step_start,
-                confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
-                scheduler_seconds=None if policy is None else scheduler_seconds,
-                modeled_ms=self._modeled_ms(choice, peeked is not None),
-                signals=(seen.entropy, seen.accept, seen.confidence, seen.probe),
-                accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
+        try:
+            while not done:
+                done, cache_len, root, hidden_last, probe_value = self._step(
+                    cache, cache_len, limit, root, hidden_last, probe_value, generator, records, emit)
+                steps += 1
+        finally:
+            self.set_tree(own_tree)  # a fitted subtree lasts one step, a run's tree one run
         if out and out[-1] in eos:
             stop = "eos"
-        elif not done:
-            stop = "context"
+        else:  # as plain decoding says it: the budget was the context's remainder, or the flag
+            stop = "max_new_tokens" if budget == max_new_tokens else "context"
         seconds = time.perf_counter() - start
         return GenerationResult(len(prompt_ids), out, steps, seconds, prefill_seconds, self.method,
                                 stop, records)
+
+    def _step(self, cache: KVCache, cache_len: int, limit: int, root: torch.Tensor, hidden_last: torch.Tensor,
+              probe_value: Optional[float], generator, records: list[StepRecord], emit) -> tuple:
+        """One step: choose the tree, propose, verify, accept, commit, emit.
+        -> (done, new cache length, next root, its hidden state, next probe value)."""
+        policy = self.policy
+        probe_weights = None if policy is None else policy.probe
+        step_start = time.perf_counter()
+        seen = self.signals.signals()
+        if probe_value is not None:
+            seen = dataclasses.replace(seen, probe=probe_value)
+        if self.on_step_hidden is not None:
+            self.on_step_hidden(hidden_last)
+        choice = self.choose_tree(seen)
+        scheduler_seconds = time.perf_counter() - step_start
+        peeked = None
+        if choice == DRAFT:  # two-phase policy: head 0 runs first, its confidence picks the tree
+            peeked = self.peek(root, hidden_last)
+            peek_done = time.perf_counter()
+            choice = policy.refine(float(peeked[1][0, 0]))  # this step's second read: the peek decides
+            self.set_tree(policy.trees[choice])
+            scheduler_seconds += time.perf_counter() - peek_done
+        chosen = self.tree
+        self.fit_context(limit - cache_len)
+        with torch.inference_mode():
+            tokens, confidence = self.propose(root, hidden_last, peeked)
+            logits, hidden = self.verify(cache, cache_len, tokens)
+            # One fused pass over the logits: per-node entropy and argmax.
+            entropy, base_argmax = ops.token_entropy(logits)[:2]
+            # Read with the accepted path, in the same transfer: the root entropy and
+            # head confidence (signals), the argmax along the path (the oracle's
+            # bonus), and the probe of every node's hidden state (next step's signal).
+            per_node = [base_argmax]
+            if probe_weights is not None:
+                per_node.append(self._probe(probe_weights, hidden))
+            extras = [entropy[0]] + ([] if confidence is None else [confidence[0], confidence[1]])
+            outcome = self.accept(tokens, logits, base_argmax, generator, per_node, extras)
+            if policy is not None and policy.hindsight:
+                choice, outcome = self._settle_in_hindsight(outcome, base_argmax)
+            cache_len = self.commit(cache, cache_len, outcome.slots)
+        done = emit(outcome.emitted)
+        root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
+        if probe_weights is not None:
+            probe_value = outcome.along_path[1][len(outcome.path) - 1]
+        accepted = len(outcome.path) - 1
+        observed = outcome.extras
+        confidence = observed[1] if len(observed) > 1 else None
+        self.signals.observe_entropy(observed[0])
+        if self.tree.max_depth > 0:
+            self.signals.observe_draft(accepted, confidence)
+        fitted = self.tree is not chosen
+        tree_name = self.tree.name if choice is None or fitted else policy.trees[choice].name
+        records.append(StepRecord(
+            accepted, tree_name, observed[0], time.perf_counter() - step_start,
+            confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
+            scheduler_seconds=None if policy is None else scheduler_seconds,
+            modeled_ms=None if fitted else self._modeled_ms(choice, peeked is not None),
+            signals=(seen.entropy, seen.accept, seen.confidence, seen.probe),
+            accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
+        if fitted:
+            self.set_tree(chosen)  # the next step starts from the whole tree again
+        return done, cache_len, root, hidden_last, probe_value
+
+    def fit_context(self, room: int) -> None:
+        """Near the end of the context: swap in this step's tree cut to its first `room`
+        nodes. Canonical order puts parents first, so any prefix of the nodes is a tree
+        (down to root-only); its nodes keep their indices, paths and ranks."""
+        tree = self.tree
+        if tree.n_nodes <= room:
+            return
+        key = (tree, room)
+        if key not in self._fitted:
+            self._fitted[key] = Tree(f"{tree.name}[:{room}]", tree.paths[:room - 1], tree.metadata)
+        self.set_tree(self._fitted[key])
 
     # ------------------------------------------------------------ tree choice
     @staticmethod

@@ -52,6 +52,9 @@ def load_draft_vocab(loaded: LoadedModel, kind: str, path: Optional[str], spec: 
     if vocab is None:
         raise EntmtpError(f"no draft vocabulary is stored with the {kind} heads in {folder}; "
                           f"make one with entmtp heads shortlist")
+    if size is not None and size > len(vocab.ids):
+        raise UsageError(f"--draft-vocab {size}: the list stored with the {kind} heads holds {len(vocab.ids)} "
+                         f"tokens; ask for at most that many, or make a longer one with entmtp heads shortlist")
     return vocab if size is None else vocab.truncated(size)
 
 

@@ -12,14 +12,13 @@ the recorded training prompts and stores the list beside the heads.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
 from entmtp.errors import EntmtpError
-from entmtp.jsonfile import read_json
+from entmtp.jsonfile import read_json, write_json
 
 FORMAT_ID = "entmtp-draft-vocab/1"
 FILE_NAME = "draft_vocab.json"
@@ -73,8 +72,7 @@ def save(vocab: DraftVocab, folder: Path) -> Path:
     path = Path(folder) / FILE_NAME
     document = {"format": FORMAT_ID, "size": len(vocab.ids), "coverage": round(vocab.coverage, 5),
                 "source": vocab.source, "ids": list(vocab.ids)}
-    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, document)  # atomic: a reader never sees half a list
 
 
 def load(folder: Path) -> Optional[DraftVocab]:

@@ -8,13 +8,16 @@
    t + 2 + i (Hydra heads also read the embeddings of tokens t+1 .. t+1+i);
 4. report: per-head top-1 / top-5 accuracy on held-out sequences.
 Checkpoints (heads, optimizer, step, RNG) are written every `checkpoint_every`
-steps; rerunning the same command resumes from the last one.
+steps; rerunning the same command resumes from the last one. What an interrupted
+run keeps: prompts.json as soon as the prompts are chosen, corpus.pt once the whole
+corpus is generated (not part of it), checkpoint.pt at the last checkpoint step.
+Every file is written atomically, so Ctrl-C never leaves a torn one.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -25,10 +28,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.corpora import load_sharegpt_first_turns, stdlib_code_prompts
 from entmtp.heads.formats import save_heads
 from entmtp.heads.modules import HydraHeads, MedusaHeads
+from entmtp.jsonfile import read_json, write_json
 from entmtp.model.loader import LoadedModel
 
 
@@ -49,9 +53,102 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.kind not in ("medusa", "hydra"):
-            raise EntmtpError(f"--kind must be medusa or hydra, not {self.kind!r}")
-        if min(self.n_heads, self.n_layers, self.gen_tokens, self.steps, self.batch_size) < 1:
-            raise EntmtpError("heads, layers, gen tokens, steps and batch size must be >= 1")
+            raise UsageError(f"--head-kind must be medusa or hydra, not {self.kind!r}")
+        for name in ("n_heads", "n_layers", "steps", "batch_size", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("sharegpt_prompts", "code_prompts"):
+            _check_int(name, getattr(self, name), 0)
+        if self.sharegpt_prompts + self.code_prompts == 0:
+            raise UsageError("--sharegpt-prompts and --code-prompts are both 0: no training prompts")
+        # Head 0 learns token t + 2, so a continuation needs two tokens to teach anything.
+        _check_int("gen_tokens", self.gen_tokens, 2)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (isinstance(self.held_out, (int, float)) and 0 <= self.held_out < 1):
+            raise UsageError(f"held_out must be in [0, 1), got {self.held_out}")
+
+
+def _flag(name: str) -> str:
+    """The `entmtp heads train` option of a TrainConfig field."""
+    return "--head-kind" if name == "kind" else "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{_flag(name)} must be an integer >= {minimum}, got {value}")
+
+
+# A resumed run may train longer (more --steps: the schedule is a function of the
+# step); anything else would mix prompts, corpus or heads of two configurations.
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """Before the model loads: `out_dir` is new, empty, or an earlier run of this
+    same configuration (which the run resumes); anything else is refused."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    prompts_file = out_dir / "prompts.json"
+    if not prompts_file.exists():
+        raise UsageError(f"--out {out_dir} is not empty and holds no prompts.json of an earlier "
+                         "`entmtp heads train`; choose a new or empty folder")
+    earlier = _read_prompts_file(prompts_file).get("config")
+    if not isinstance(earlier, dict):
+        raise EntmtpError(f"{prompts_file}: no 'config' recorded; delete the folder or choose another")
+    now = dataclasses.asdict(cfg)
+    changed = [k for k in now if k not in _RESUMABLE_CHANGES and k in earlier and earlier[k] != now[k]]
+    if changed:
+        was = ", ".join(f"{_flag(k)} {earlier[k]}" for k in changed)
+        raise UsageError(f"--out {out_dir} holds a run made with {was}; rerun with those options to resume, "
+                         "or choose another folder")
+
+
+def _read_prompts_file(path: Path) -> dict:
+    document = read_json(path)
+    prompts = document.get("prompts") if isinstance(document, dict) else None
+    if not isinstance(prompts, list) or not all(isinstance(p, dict) and isinstance(p.get("prompt"), str)
+                                                for p in prompts):
+        raise EntmtpError(f"{path}: expected {{\"prompts\": [{{\"prompt\": ...}}, ...]}}")
+    return document
+
+
+def _torch_save(obj, path: Path) -> None:
+    # A temporary file and a rename: Ctrl-C mid-save leaves the previous file, never a torn one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _torch_load(path: Path, remedy: str, weights_only: bool):
+    try:
+        return torch.load(path, weights_only=weights_only)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file, all meaning this
+        raise EntmtpError(f"{path} cannot be read ({type(error).__name__}); {remedy}") from None
+
+
+def checkpoint_step(out_dir: Path) -> int | None:
+    """The step of the checkpoint in `out_dir`, or None when there is none (or it is unreadable)."""
+    try:
+        return int(torch.load(Path(out_dir) / "checkpoint.pt", weights_only=False)["step"])
+    except Exception:  # noqa: BLE001 - missing or damaged alike: no step to report
+        return None
+
+
+def kept_summary(out_dir: Path) -> str:
+    """What an interrupted run left in `out_dir`, as the files on disk say."""
+    out_dir = Path(out_dir)
+    kept = [what for what, name in (("the prompts", "prompts.json"), ("the corpus", "corpus.pt"))
+            if (out_dir / name).is_file()]
+    step = checkpoint_step(out_dir)
+    if step is not None:
+        kept.append(f"the checkpoint at step {step}")
+    if not kept:
+        return "nothing was written"
+    if kept == ["the prompts"]:
+        return f"only the prompts are in {out_dir} (the corpus is saved when complete, so it starts over)"
+    listed = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]
+    return f"{listed} {'is' if len(kept) == 1 else 'are'} in {out_dir}"
 
 
 # ------------------------------------------------------------------- prompts
@@ -69,7 +166,7 @@ def select_prompts(cfg: TrainConfig) -> list[dict]:
         for pid, text in rng.sample(pool, min(cfg.code_prompts, len(pool))):
             chosen.append({"source": "stdlib", "id": pid, "prompt": text})
     if not chosen:
-        raise EntmtpError("no training prompts selected")
+        raise EntmtpError("no training prompts selected (are the prompt sources empty?)")
     return chosen
 
 
@@ -130,6 +227,17 @@ def _generate_batch(model, prompts: torch.Tensor, gen_tokens: int) -> tuple[torc
     return torch.cat(tokens, 1), torch.cat(hiddens, 1)
 
 
+def corpus_prompt_ids(loaded: LoadedModel, prompts: list[dict], gen_tokens: int) -> list[list[int]]:
+    """Each prompt's chat tokens (its last 512), checked to leave room for the continuation."""
+    prompt_ids = [loaded.tokenizer.encode_chat(record["prompt"])[-512:] for record in prompts]
+    context = loaded.config.max_position_embeddings
+    longest = max(len(ids) for ids in prompt_ids)
+    if longest + gen_tokens > context:
+        raise UsageError(f"--gen-tokens {gen_tokens} plus the longest prompt ({longest} tokens) exceed "
+                         f"the model's context of {context} tokens")
+    return prompt_ids
+
+
 def build_corpus(loaded: LoadedModel, prompts: list[dict], gen_tokens: int, console: Console,
                  batch_size: int = 16) -> list[dict]:
     """Per prompt: token ids (prompt + greedy continuation, cut after the first
@@ -137,7 +245,7 @@ def build_corpus(loaded: LoadedModel, prompts: list[dict], gen_tokens: int, cons
     [L - 1, H] (fp16 to keep the corpus small). Prompts decode in batches of
     equal length, which is what makes a large corpus affordable on a CPU."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    prompt_ids = [tokenizer.encode_chat(record["prompt"])[-512:] for record in prompts]
+    prompt_ids = corpus_prompt_ids(loaded, prompts, gen_tokens)
     eos = set(loaded.eos_token_ids)
     sequences: list[dict | None] = [None] * len(prompts)
     with Progress(console=console, transient=False) as progress:
@@ -204,25 +312,41 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: Console | None = None) -> dict:
     console = console or Console()
     out_dir = Path(out_dir)
+    check_out_dir(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     prompts_file = out_dir / "prompts.json"
+    model = {"name": loaded.folder.name, "hidden_size": loaded.config.hidden_size,
+             "vocab_size": loaded.config.vocab_size}
     if prompts_file.is_file():
-        prompts = json.loads(prompts_file.read_text())["prompts"]
+        document = _read_prompts_file(prompts_file)
+        prompts = document["prompts"]
+        # Older folders did not record the model; a corpus of another model would not fit the heads.
+        earlier = document.get("model", model)
+        if earlier != model:
+            name = earlier.get("name") if isinstance(earlier, dict) else earlier
+            raise UsageError(f"--out {out_dir} was made with model {name!r}, not {model['name']!r}; pass that "
+                             "--model to resume, or choose another folder")
     else:
         prompts = select_prompts(cfg)
-        prompts_file.write_text(json.dumps({"config": dataclasses.asdict(cfg), "prompts": prompts}, indent=1))
+        corpus_prompt_ids(loaded, prompts, cfg.gen_tokens)  # before anything is written
+        write_json(prompts_file, {"config": dataclasses.asdict(cfg), "model": model, "prompts": prompts}, indent=1)
     corpus_file = out_dir / "corpus.pt"
     if corpus_file.is_file():
-        sequences = torch.load(corpus_file, weights_only=True)
+        sequences = _torch_load(corpus_file, "delete it to generate the corpus again", weights_only=True)
+        if not isinstance(sequences, list) or len(sequences) != len(prompts):
+            raise EntmtpError(f"{corpus_file} does not match prompts.json; delete it to generate the corpus again")
     else:
         sequences = build_corpus(loaded, prompts, cfg.gen_tokens, console)
-        torch.save(sequences, corpus_file)
+        _torch_save(sequences, corpus_file)
 
     # Held-out split by whole sequences, so no held-out context is seen in training.
     n_eval = max(1, round(len(sequences) * cfg.held_out)) if len(sequences) > 1 else 0
     train_seqs, eval_seqs = sequences[n_eval:], sequences[:n_eval] or sequences
     train_pairs, eval_pairs = _positions(train_seqs, cfg.n_heads), _positions(eval_seqs, cfg.n_heads)
+    if len(train_pairs) == 0:
+        raise EntmtpError("the corpus has no training positions (every continuation ended at once); "
+                          "raise --gen-tokens or add prompts")
 
     cfg_model = loaded.config
     embed = loaded.model.embed.float()
@@ -233,11 +357,14 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
     step = 0
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
+        state = _torch_load(checkpoint, "delete it to train from step 0", weights_only=False)
+        try:
+            heads.load_state_dict(state["heads"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise EntmtpError(f"{checkpoint} does not fit these heads; delete it to train from step 0") from None
         console.print(f"resuming from step {step}")
 
     losses = []
@@ -259,9 +386,8 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
             losses.append(float(loss.detach()))
             progress.update(task, advance=1, description=f"training {cfg.kind} heads, loss {loss:.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
-                            "rng": torch.get_rng_state(),
-                            "step": step}, checkpoint)
+                _torch_save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": torch.get_rng_state(), "step": step}, checkpoint)
 
     accuracy = evaluate(heads, eval_seqs, eval_pairs, lm_head, embed, cfg.n_heads)
     table = Table(title=f"{cfg.kind} heads on {len(eval_pairs)} held-out positions")

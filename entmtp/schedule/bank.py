@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import itertools
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from entmtp.errors import EntmtpError, UsageError
-from entmtp.jsonfile import parse_json, read_text
 from entmtp.schedule.policies import BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, StaticPolicy, TreePolicy
 from entmtp.schedule.signals import SIGNALS
 from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS, SchedulerSpec
+from entmtp.trees.files import parse_document, read_document
 from entmtp.trees.growth import path_key
-from entmtp.trees.tree import SHIPPED_TREES_PACKAGE, Tree, tree_from_paths
+from entmtp.trees.tree import MAX_DEPTH, MAX_RANK, SHIPPED_TREES_PACKAGE, Tree, check_name, short_repr, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
 # Calibration tables are binned by every signal known before the step, and by "now"
@@ -79,102 +81,214 @@ class Bank:
         for i, tree in enumerate(self.trees):
             if tree.name == tree_name:
                 return i
-        raise EntmtpError(f"bank {self.name!r} has no tree {tree_name!r}; "
-                          f"its trees: {', '.join(t.name for t in self.trees)}")
+        # The name comes from --tree: a usage mistake (exit 2).
+        raise UsageError(f"bank {self.name!r} has no tree {short_repr(tree_name)}; "
+                         f"its trees: {', '.join(t.name for t in self.trees)}")
 
     def expected_accept(self, table: dict) -> list[float]:
         return [expected_accepted(t.paths, table, c) for t, c in zip(self.trees, self.correction)]
 
 
+# Bounds beyond one tree's (entmtp.trees.tree): the decoder builds every tree's buffers up
+# front (`trees build` makes 6 trees); signals are calibrated with 5 bins; the EMA's beta =
+# 1 - 1/window rounds to 1, and its bias correction divides by zero, long before 1e15.
+MAX_BANK_TREES, MAX_BINS, MAX_WINDOW = 32, 64, 1e6
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a bool, nan, inf, 10**400, "1")."""
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    return number if math.isfinite(number) else None
+
+
+def _number(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
+    number = _finite(value)
+    if number is None or not low <= number <= high:
+        bounds = ([f">= {low:g}"] if low > -math.inf else []) + ([f"<= {high:g}"] if high < math.inf else [])
+        raise EntmtpError(f"{what} must be a finite number {' and '.join(bounds)}".rstrip()
+                          + f", not {short_repr(value)}")
+    return number
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EntmtpError(f"{what} must be an integer from {low} to {high}, not {short_repr(value)}")
+    return value
+
+
+def _object(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise EntmtpError(f"{what} must be an object, not {type(value).__name__}")
+    return value
+
+
+def _edges(value: Any, what: str) -> list[float]:
+    """Bin edges: a strictly increasing list of at most MAX_BINS finite numbers."""
+    if not isinstance(value, list) or len(value) > MAX_BINS:
+        raise EntmtpError(f"{what} must be a list of at most {MAX_BINS} numbers")
+    edges = [_number(v, what, -math.inf) for v in value]
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise EntmtpError(f"{what} must be strictly increasing, got {short_repr(edges)}")
+    return edges
+
+
+def _tables(value: Any, what: str, count: int) -> list:
+    """`count` calibration tables, each {steps: int >= 0, p: {path key: probability}}."""
+    if not isinstance(value, list) or len(value) != count:
+        raise EntmtpError(f"{what} must be a list of {count} tables (one per bin), not {short_repr(value)}")
+    for table in value:
+        _object(table, what + " entries")
+        _integer(table.get("steps"), what + " steps", 0, 2**53)
+        for p in _object(table.get("p"), what + " 'p'").values():
+            _number(p, what + " probabilities", 0.0, 1.0)
+    return value
+
+
+def _provenance(value: Any, where: str, trees: Sequence[Tree]) -> dict:
+    """What the decoder, the provenance check and `trees show` read from the provenance."""
+    provenance = _object(value, f"{where}: 'provenance'")
+    model = _object(provenance.get("model", {}), f"{where}: provenance 'model'")
+    heads = _object(provenance.get("heads", {}), f"{where}: provenance 'heads'")
+    if model.get("hidden_size") is not None:
+        _integer(model["hidden_size"], f"{where}: provenance model hidden_size", 1, 1 << 20)
+    if not isinstance(heads.get("kind", ""), str):
+        raise EntmtpError(f"{where}: provenance heads kind must be a string, not {short_repr(heads['kind'])}")
+    if not isinstance(provenance.get("prompt_ids", []), list):
+        raise EntmtpError(f"{where}: provenance prompt_ids must be a list")
+    if "n_heads" in heads:
+        _integer(heads["n_heads"], f"{where}: provenance heads n_heads", 1, MAX_DEPTH)
+    if "top_k" in heads:
+        top_k = _integer(heads["top_k"], f"{where}: provenance heads top_k", 1, MAX_RANK + 1)
+        for tree in trees:
+            if tree.top_k_needed > top_k:
+                raise EntmtpError(f"{where}: tree {tree.name!r} uses rank {tree.top_k_needed - 1} "
+                                  f"but the heads propose only the top {top_k}")
+    return provenance
+
+
 def bank_from_document(document: Any, where: str) -> Bank:
     if not isinstance(document, dict):
-        raise EntmtpError(f"{where}: the top level must be a JSON object")
+        raise EntmtpError(f"{where}: the top level must be a JSON object, not {type(document).__name__}")
     if document.get("format") != BANK_FORMAT:
-        raise EntmtpError(f"{where}: format is {document.get('format')!r}, expected {BANK_FORMAT!r}")
+        raise EntmtpError(f"{where}: format is {short_repr(document.get('format'))}, expected {BANK_FORMAT!r}")
     unknown = sorted(set(document) - _BANK_KEYS)
     if unknown:
-        raise EntmtpError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+        raise EntmtpError(f"{where}: unknown key(s) {', '.join(map(short_repr, unknown[:8]))}")
     missing = sorted(_BANK_KEYS - set(document))
     if missing:
         raise EntmtpError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+    check_name(document["name"], f"{where}: 'name'")
     entries = document["trees"]
-    if not isinstance(entries, list) or not entries:
-        raise EntmtpError(f"{where}: 'trees' must be a non-empty list")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BANK_TREES:
+        raise EntmtpError(f"{where}: 'trees' must be a list of 1 to {MAX_BANK_TREES} trees")
     trees, ms, accept, biased_accept, correction = [], [], [], [], []
     for entry in entries:
         if not isinstance(entry, dict):
-            raise EntmtpError(f"{where}: every tree must be an object")
+            raise EntmtpError(f"{where}: every tree must be an object, not {type(entry).__name__}")
         extra = sorted(set(entry) - _TREE_KEYS)
         if extra:
-            raise EntmtpError(f"{where}: tree {entry.get('name')!r} has unknown key(s) {', '.join(map(repr, extra))}")
-        tree_name = entry.get("name")
+            raise EntmtpError(f"{where}: tree {short_repr(entry.get('name'))} has unknown key(s) "
+                              f"{', '.join(map(short_repr, extra[:8]))}")
         try:
-            tree = tree_from_paths(tree_name, entry.get("paths"))
+            tree = tree_from_paths(entry.get("name"), entry.get("paths"))
         except EntmtpError as error:
             raise EntmtpError(f"{where}: invalid tree: {error}") from None
-        cost = entry.get("step_ms")
-        if not isinstance(cost, (int, float)) or cost <= 0:
-            raise EntmtpError(f"{where}: tree {tree_name!r} needs a positive step_ms, got {cost!r}")
-        biased = float(entry.get("accept_biased") or 0.0)
-        true = entry.get("accept_self_rollout")
+        what = f"{where}: tree {tree.name!r}"
+        cost = _finite(entry.get("step_ms"))
+        if cost is None or cost <= 0:
+            raise EntmtpError(f"{what} needs a positive step_ms, got {short_repr(entry.get('step_ms'))}")
+        # Accepted lengths are expected values: at most a tree's depth, so at most MAX_DEPTH.
+        biased, true = (None if entry.get(key) is None else _number(entry[key], f"{what} {key}", 0.0, MAX_DEPTH)
+                        for key in ("accept_biased", "accept_self_rollout"))
+        biased = biased or 0.0
         trees.append(tree)
-        ms.append(float(cost))
-        accept.append(float(true) if true is not None else biased)
+        ms.append(cost)
+        accept.append(true if true is not None else biased)
         biased_accept.append(biased)
-        correction.append(float(true) / biased if true is not None and biased > 0 else 1.0)
+        correction.append(true / biased if true is not None and biased > 0 else 1.0)
     names = [t.name for t in trees]
     if len(set(names)) != len(names):
         raise EntmtpError(f"{where}: tree names must be unique")
-    if document["static_best"] not in names:
-        raise EntmtpError(f"{where}: static_best {document['static_best']!r} is not one of its trees")
-    ladder = document["ladder"]
-    thresholds = ladder.get("thresholds", []) if isinstance(ladder, dict) else None
-    if not isinstance(thresholds, list) or not all(isinstance(t, (int, float)) for t in thresholds):
-        raise EntmtpError(f"{where}: ladder thresholds must be a list of numbers")
-    if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
-        raise EntmtpError(f"{where}: ladder thresholds must be strictly increasing, got {thresholds}")
+    if not isinstance(document["static_best"], str) or document["static_best"] not in names:
+        raise EntmtpError(f"{where}: static_best {short_repr(document['static_best'])} is not one of its trees")
+    ladder = _object(document["ladder"], f"{where}: 'ladder'")
+    thresholds = _edges(ladder.get("thresholds", []), f"{where}: ladder thresholds")
     ladder_trees = ladder.get("trees", [])
-    if len(ladder_trees) != len(thresholds) + 1:
+    if not isinstance(ladder_trees, list) or len(ladder_trees) != len(thresholds) + 1:
         raise EntmtpError(f"{where}: the ladder has {len(thresholds)} thresholds, so it needs "
-                          f"{len(thresholds) + 1} trees, not {len(ladder_trees)}")
+                          f"{len(thresholds) + 1} trees, not {short_repr(ladder_trees)}")
     for tree_name in ladder_trees:
-        if tree_name not in names:
-            raise EntmtpError(f"{where}: ladder tree {tree_name!r} is not one of its trees")
-    window = document["window"]
-    if not isinstance(window, (int, float)) or window < 1:
-        raise EntmtpError(f"{where}: window must be a number >= 1, got {window!r}")
-    edges = document["signals"]
+        if not isinstance(tree_name, str) or tree_name not in names:
+            raise EntmtpError(f"{where}: ladder tree {short_repr(tree_name)} is not one of its trees")
+    window = _number(document["window"], f"{where}: window", 1.0, MAX_WINDOW)
+    edges = _object(document["signals"], f"{where}: 'signals'")
+    tables = _object(document["tables"], f"{where}: 'tables'")
+    _tables([tables.get("overall")], f"{where}: table 'overall'", 1)
     for signal in TABLE_SIGNALS:
-        values = edges.get(signal) if isinstance(edges, dict) else None
-        if not isinstance(values, list) or any(b <= a for a, b in zip(values, values[1:])):
-            raise EntmtpError(f"{where}: signal bin edges for {signal!r} must be a strictly increasing list")
-    return Bank(name=str(document["name"]), trees=tuple(trees), step_ms=tuple(ms), accept=tuple(accept),
+        bins = _edges(edges.get(signal), f"{where}: signal bin edges for {signal!r}")
+        _tables(tables.get(signal), f"{where}: tables for {signal!r}", len(bins) + 1)
+    joint = _object(edges.get("joint"), f"{where}: signal bin edges for 'joint'")
+    entropy_bins = _edges(joint.get("entropy"), f"{where}: joint bin edges for 'entropy'")
+    accept_bins = _edges(joint.get("accept"), f"{where}: joint bin edges for 'accept'")
+    rows = tables.get("joint")
+    if not isinstance(rows, list) or len(rows) != len(entropy_bins) + 1:
+        raise EntmtpError(f"{where}: the joint tables must be {len(entropy_bins) + 1} rows (one per entropy bin)")
+    for row in rows:
+        _tables(row, f"{where}: a joint table row", len(accept_bins) + 1)
+    hulls = _object(document["hulls"], f"{where}: 'hulls'")
+    for points in hulls.values():
+        if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 3 for p in points):
+            raise EntmtpError(f"{where}: every hull must be a list of [nodes, depth, value] points")
+        for n, d, v in points:
+            _integer(n, f"{where}: hull nodes", 0, 1 << 20)
+            _integer(d, f"{where}: hull depth", 0, 1 << 20)
+            _number(v, f"{where}: hull value", -math.inf)
+    rates = _object({} if document["calibration_rates"] is None else document["calibration_rates"],
+                    f"{where}: 'calibration_rates'")
+    curve = document["cost_curve"]
+    if not isinstance(curve, list) or not all(isinstance(point, dict) for point in curve):
+        raise EntmtpError(f"{where}: 'cost_curve' must be a list of objects")
+    return Bank(name=document["name"], trees=tuple(trees), step_ms=tuple(ms), accept=tuple(accept),
                 accept_biased=tuple(biased_accept), correction=tuple(correction),
                 static_best=names.index(document["static_best"]),
-                ladder=(tuple(names.index(n) for n in ladder_trees), tuple(float(t) for t in thresholds)),
-                window=float(window), peek_ms=float(document["peek_ms"]), probe=_probe(document["probe"]),
-                recommended=_recommended(document["recommended"], where), edges=edges, tables=document["tables"],
-                provenance=document["provenance"],
-                hulls={k: tuple((int(n), int(d), float(v)) for n, d, v in points)
-                       for k, points in document["hulls"].items()},
-                calibration_rates={k: float(v) for k, v in (document["calibration_rates"] or {}).items()},
-                cost_curve=tuple(document["cost_curve"]))
+                ladder=(tuple(names.index(n) for n in ladder_trees), tuple(thresholds)),
+                window=window, peek_ms=_number(document["peek_ms"], f"{where}: peek_ms"),
+                probe=_probe(document["probe"], where), recommended=_recommended(document["recommended"], where),
+                edges=edges, tables=tables, provenance=_provenance(document["provenance"], where, trees),
+                hulls={k: tuple((n, d, float(v)) for n, d, v in points) for k, points in hulls.items()},
+                calibration_rates={k: _number(v, f"{where}: calibration rate {short_repr(k)}", -math.inf)
+                                   for k, v in rates.items()},
+                cost_curve=tuple(curve))
 
 
-def _probe(value: Any) -> Probe:
-    if not isinstance(value, dict):
-        return Probe(None)
+def _probe(value: Any, where: str) -> Probe:
+    value = _object(value, f"{where}: 'probe'")
     weights = value.get("weights")
-    return Probe(weights=tuple(float(w) for w in weights) if isinstance(weights, list) else None,
-                 lam=value.get("lambda"), out_of_fold_r=value.get("out_of_fold_r"), target=value.get("target"))
+    if weights is not None and not isinstance(weights, list):
+        raise EntmtpError(f"{where}: probe weights must be a list of numbers or null")
+    lam, r = (None if value.get(key) is None else _number(value[key], f"{where}: probe {key}", -math.inf)
+              for key in ("lambda", "out_of_fold_r"))
+    if not isinstance(value.get("target", ""), (str, type(None))):
+        raise EntmtpError(f"{where}: probe target must be a string")
+    return Probe(weights=None if weights is None else tuple(_number(w, f"{where}: probe weights", -math.inf)
+                                                            for w in weights),
+                 lam=lam, out_of_fold_r=r, target=value.get("target"))
+
+
+# What a bank may recommend for `--method entmtp`: a scheduler that needs no --tree and
+# is not the analysis-only oracle.
+_RECOMMENDABLE = ("entropy", "rate", "static-best")
 
 
 def _recommended(value: Any, where: str) -> SchedulerSpec:
-    if not isinstance(value, dict) or value.get("scheduler") not in SCHEDULERS or value.get("scheduler") == "oracle":
-        raise EntmtpError(f"{where}: 'recommended' must name a scheduler ({', '.join(SCHEDULERS[:4])})")
+    if not isinstance(value, dict) or value.get("scheduler") not in _RECOMMENDABLE:
+        raise EntmtpError(f"{where}: 'recommended' must name a scheduler ({', '.join(_RECOMMENDABLE)})")
     signal = value.get("signal")
     if signal is not None and signal not in RATE_SIGNALS:
-        raise EntmtpError(f"{where}: recommended signal {signal!r} is not one of {', '.join(RATE_SIGNALS)}")
+        raise EntmtpError(f"{where}: recommended signal {short_repr(signal)} is not one of {', '.join(RATE_SIGNALS)}")
     try:
         return SchedulerSpec(value["scheduler"], signal)
     except UsageError as error:
@@ -197,18 +311,34 @@ def shipped_bank_name(model_name: str, heads_kind: str, task: str) -> str:
 
 
 def load_bank(name_or_path: str | os.PathLike) -> Bank:
+    """A bank from a .json file path, or by the name of a shipped bank."""
     text = os.fspath(name_or_path)
-    if text.endswith(".json") or os.sep in text:
+    if text.endswith(".json") or os.sep in text or (os.altsep is not None and os.altsep in text):
         where = f"bank file {text!r}"
-        raw = read_text(Path(text), where)
-    else:
-        names = list_banks()
-        if text not in names:
-            raise EntmtpError(f"unknown bank {text!r}; shipped banks: {', '.join(names) or '(none)'} "
-                              "(or pass a path to a .json file)")
-        where = f"shipped bank {text!r}"
-        raw = bank_dir().joinpath(text + ".json").read_text(encoding="utf-8")
-    return bank_from_document(parse_json(raw, where), where)
+        return bank_from_document(read_document(Path(text), where), where)
+    names = list_banks()
+    if text not in names:
+        # A bare word is what the user typed after --bank: a usage mistake (exit 2).
+        raise UsageError(f"unknown bank {short_repr(text)}; shipped banks: {', '.join(names) or '(none)'} "
+                         "(or pass a path to a .json file)")
+    return _load_shipped(text)
+
+
+def load_shipped_bank(model_name: str, heads_kind: str, task: str) -> Bank:
+    """The bank shipped for a model, its kind of heads and a task (what `--method entmtp`
+    uses without --bank); a UsageError naming what is missing when none is shipped."""
+    name = shipped_bank_name(model_name, heads_kind, task)
+    if name not in list_banks():
+        raise UsageError(f"no shipped bank for model {model_name!r} with {heads_kind} heads on task {task!r}; "
+                         f"calibrate one (entmtp calibrate --task {task} --head-kind {heads_kind}, then "
+                         "entmtp trees build --calibration FILE) and pass --bank FILE")
+    return _load_shipped(name)
+
+
+def _load_shipped(name: str) -> Bank:
+    where = f"shipped bank {name!r}"
+    return bank_from_document(parse_document(bank_dir().joinpath(name + ".json").read_text(encoding="utf-8"), where),
+                              where)
 
 
 def check_bank_provenance(bank: Bank, model: dict, heads_fingerprint: str, heads_kind: str) -> None:

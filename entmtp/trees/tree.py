@@ -14,6 +14,7 @@ on the tree.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,6 +27,22 @@ TREE_FORMAT = "entmtp-tree/1"
 SHIPPED_TREES_PACKAGE = "entmtp.trees_data"
 _DOCUMENT_KEYS = {"format", "name", "paths", "metadata"}
 _REQUIRED_DOCUMENT_KEYS = ("format", "name", "paths")
+# Bounds, so that a typo or a hostile file fails at once rather than building huge buffers
+# (path_nodes is nodes x depth): real trees have at most a few hundred nodes, one depth per
+# head (Medusa and Hydra use 3-5) and ranks inside the heads' top-k (10).
+MAX_NODES, MAX_DEPTH, MAX_RANK = 2048, 32, 1023   # paths (root not counted), ranks per path, largest rank
+MAX_NAME = 100   # names are printed in tables, traces and one-line messages
+_SHORT = reprlib.Repr()   # values quoted in messages: a few items and levels, never a page
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxlong = 24
+short_repr = _SHORT.repr
+
+
+def check_name(name: Any, what: str) -> str:
+    if not (isinstance(name, str) and name.strip() and len(name) <= MAX_NAME and name.isprintable()):
+        raise EntmtpError(f"{what} must be 1-{MAX_NAME} printable characters, not {short_repr(name)}")
+    return name
 
 
 # --------------------------------------------------------------------------- #
@@ -40,6 +57,8 @@ def _canonical_paths(raw_paths: Any, where: str) -> tuple[tuple[int, ...], ...]:
     """
     if not isinstance(raw_paths, (list, tuple)):
         raise EntmtpError(f"{where}: 'paths' must be a list of paths, not {type(raw_paths).__name__}")
+    if len(raw_paths) > MAX_NODES:
+        raise EntmtpError(f"{where}: {len(raw_paths)} paths; a tree has at most {MAX_NODES}")
     # An empty list is the root-only tree: a step that drafts nothing, i.e. a plain
     # decode step inside the speculative loop (the cheapest member of a tree bank).
     paths: list[tuple[int, ...]] = []
@@ -47,26 +66,29 @@ def _canonical_paths(raw_paths: Any, where: str) -> tuple[tuple[int, ...], ...]:
     for position, raw in enumerate(raw_paths):
         if not isinstance(raw, (list, tuple)):
             raise EntmtpError(
-                f"{where}: path #{position} must be a list of ranks, not {type(raw).__name__} ({raw!r})")
+                f"{where}: path #{position} must be a list of ranks, not {type(raw).__name__} ({short_repr(raw)})")
         if not raw:
             raise EntmtpError(f"{where}: path #{position} is empty; the root is implicit and not listed")
+        if len(raw) > MAX_DEPTH:
+            raise EntmtpError(f"{where}: path #{position} has {len(raw)} ranks; a tree is at most {MAX_DEPTH} deep")
         for rank in raw:
             # bool is an int subclass, and JSON 1.0 parses as float: both are mistakes here.
             if isinstance(rank, bool) or not isinstance(rank, int):
-                raise EntmtpError(
-                    f"{where}: path #{position} {list(raw)!r} has a rank that is not an integer: {rank!r}")
-            if rank < 0:
-                raise EntmtpError(f"{where}: path #{position} {list(raw)!r} has a negative rank {rank}")
+                raise EntmtpError(f"{where}: path #{position} {short_repr(list(raw))} has a rank that is "
+                                  f"not an integer: {short_repr(rank)}")
+            if not 0 <= rank <= MAX_RANK:
+                raise EntmtpError(f"{where}: path #{position} {short_repr(list(raw))} has a "
+                                  f"{'negative' if rank < 0 else 'too large'} rank {short_repr(rank)} (0..{MAX_RANK})")
         path = tuple(raw)
         if path in seen:
-            raise EntmtpError(f"{where}: path {list(path)!r} is listed twice")
+            raise EntmtpError(f"{where}: path {short_repr(list(path))} is listed twice")
         seen.add(path)
         paths.append(path)
     for path in paths:
         for cut in range(1, len(path)):
             if path[:cut] not in seen:
                 raise EntmtpError(
-                    f"{where}: path {list(path)!r} needs its prefix {list(path[:cut])!r}, "
+                    f"{where}: path {short_repr(list(path))} needs its prefix {short_repr(list(path[:cut]))}, "
                     "which is not in the tree (every prefix of a path must be listed)")
     return tuple(sorted(paths, key=lambda p: (len(p), p)))
 
@@ -177,8 +199,7 @@ class Tree:
         init=False, compare=False, repr=False, hash=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise EntmtpError(f"tree name must be a non-empty string, not {self.name!r}")
+        check_name(self.name, "tree name")
         where = f"tree {self.name!r}"
         if not isinstance(self.metadata, Mapping):
             raise EntmtpError(f"{where}: metadata must be a mapping, not {type(self.metadata).__name__}")
@@ -339,16 +360,14 @@ def _tree_from_document(document: Any, where: str) -> Tree:
     unknown = sorted(set(document) - _DOCUMENT_KEYS)
     if unknown:
         raise EntmtpError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{where}: unknown key(s) {', '.join(map(short_repr, unknown[:8]))}; "
             f"allowed: {', '.join(sorted(_DOCUMENT_KEYS))}")
     missing = [key for key in _REQUIRED_DOCUMENT_KEYS if key not in document]
     if missing:
         raise EntmtpError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
     if document["format"] != TREE_FORMAT:
-        raise EntmtpError(f"{where}: format is {document['format']!r}, expected {TREE_FORMAT!r}")
-    name = document["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise EntmtpError(f"{where}: 'name' must be a non-empty string, not {name!r}")
+        raise EntmtpError(f"{where}: format is {short_repr(document['format'])}, expected {TREE_FORMAT!r}")
+    name = check_name(document["name"], f"{where}: 'name'")
     metadata = document.get("metadata", {})
     if not isinstance(metadata, dict):
         raise EntmtpError(f"{where}: 'metadata' must be an object, not {type(metadata).__name__}")

@@ -116,14 +116,44 @@ class Candidate:
         return 1000.0 * (self.accept + 1.0) / self.step_ms
 
 
+# What the bank builder, --recost and the self-rollout read from a calibration's provenance.
+_PROVENANCE_KEYS = {"model": ("name",), "heads": ("kind", "top_k", "fingerprint"), "task": (),
+                    "prompt_ids": (), "max_new_tokens": (), "dtype": (), "device": ()}
+_STEP_COLUMNS = ("entropy_ema", "accept_ema", "confidence_prev", "confidence", "probe")
+
+
 def check_calibration(document: Any, where: str) -> dict:
+    """The structure every reader of a calibration relies on, so a damaged or
+    hand-edited file is one error naming the key, not a KeyError later."""
     if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
         raise EntmtpError(f"{where} is not an {CALIBRATION_FORMAT} calibration file")
-    for key in ("provenance", "window", "superset", "steps", "cost_curve"):
+    for key, kind in (("provenance", dict), ("window", (int, float)), ("superset", list), ("steps", dict),
+                      ("cost_curve", list), ("probe", dict)):
         if key not in document:
             raise EntmtpError(f"{where}: missing key {key!r}")
-    if not document["steps"].get("accepted_ranks"):
+        if not isinstance(document[key], kind) or isinstance(document[key], bool):
+            raise EntmtpError(f"{where}: {key!r} has the wrong type ({type(document[key]).__name__})")
+    provenance = document["provenance"]
+    for key, inner in _PROVENANCE_KEYS.items():
+        if key not in provenance or (inner and not isinstance(provenance[key], dict)):
+            raise EntmtpError(f"{where}: missing or malformed key 'provenance.{key}'")
+        for sub in inner:
+            if sub not in provenance[key]:
+                raise EntmtpError(f"{where}: missing key 'provenance.{key}.{sub}'")
+    steps = document["steps"]
+    ranks = steps.get("accepted_ranks")
+    if not isinstance(ranks, list) or not all(isinstance(r, list) for r in ranks):
+        raise EntmtpError(f"{where}: 'steps.accepted_ranks' must be a list of rank paths")
+    if not ranks:
         raise EntmtpError(f"{where}: no calibration steps recorded")
+    for column in _STEP_COLUMNS:
+        if not isinstance(steps.get(column), list) or len(steps[column]) != len(ranks):
+            raise EntmtpError(f"{where}: 'steps.{column}' must be a list with one value per step ({len(ranks)})")
+    if not all(isinstance(p, list) and all(isinstance(r, int) and r >= 0 for r in p) for p in document["superset"]):
+        raise EntmtpError(f"{where}: 'superset' must be a list of rank paths")
+    if not all(isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in ("nodes", "depth", "ms"))
+               for p in document["cost_curve"]):
+        raise EntmtpError(f"{where}: every 'cost_curve' point needs numeric nodes, depth and ms")
     return document
 
 

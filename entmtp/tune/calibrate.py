@@ -13,10 +13,16 @@
 
 The calibration file (JSON, `entmtp-calibration/1`) keeps it all with its
 provenance: model, heads fingerprint, task, prompt ids, dtype, device, date.
+
+Decoding is the long part and is resumable: each decoded prompt is kept in
+`<out>.partial/` as it finishes (one file each, written atomically), and a rerun
+with the same options decodes only the prompts not kept yet.
 """
 from __future__ import annotations
 
 import datetime
+import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -27,7 +33,7 @@ from entmtp import machine, tasks
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import calibration_heads, heads_fingerprint, load_model_heads
-from entmtp.jsonfile import write_json
+from entmtp.jsonfile import read_json, write_json
 from entmtp.model.loader import LoadedModel, load_model, model_fingerprint, parse_dtype, resolve_device
 from entmtp.schedule.signals import DEFAULT_WINDOW
 from entmtp.trees.growth import node_acceptance, superset_tree
@@ -36,11 +42,6 @@ from entmtp.tune.probe import fit_probe
 from entmtp.tune.timing import cost_curve_for
 
 CALIBRATION_FORMAT = "entmtp-calibration/1"
-
-
-# --------------------------------------------------------------------------- #
-# Trees from statistics
-# --------------------------------------------------------------------------- #
 
 
 # --------------------------------------------------------------------------- #
@@ -87,38 +88,149 @@ def _round(value: Optional[float]) -> Optional[float]:
 # --------------------------------------------------------------------------- #
 
 
-def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_path: Optional[str] = None,
-                    limit: Optional[int] = None, max_new_tokens: int = 96, superset_nodes: int = 64,
-                    window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
-                    dtype_name: str = "bf16", log: Callable[[str], None] = print) -> dict:
+def check_options(task: str, heads_kind: str, *, limit: int | None = None, max_new_tokens: int = 96,
+                  superset_nodes: int = 64, window: float = DEFAULT_WINDOW, repeats: int = 7) -> None:
+    """Every option of a calibration, before anything loads."""
     if task not in tasks.TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(tasks.TASKS)}")
     if heads_kind not in ("medusa", "hydra"):
-        raise UsageError(f"--heads must be medusa or hydra, not {heads_kind!r}")
-    if superset_nodes < 2:
-        raise UsageError(f"--superset-nodes must be >= 2, got {superset_nodes}")
-    records = tasks.select(task, tasks.load_task(task, None, tasks.Skipped()), "calibration",
-                           False)
+        raise UsageError(f"--head-kind must be medusa or hydra, not {heads_kind!r}")
+    for option, value, least in (("--limit", limit, 1), ("--max-new-tokens", max_new_tokens, 1),
+                                 ("--superset-nodes", superset_nodes, 2), ("--repeats", repeats, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{option} must be >= {least}, got {value}")
+    if not math.isfinite(window) or window < 1:
+        raise UsageError(f"--window must be a finite number >= 1, got {window}")
+
+
+def calibration_records(task: str, limit: int | None = None) -> list:
+    """The task's calibration prompts (its recorded split), the first `limit` of them."""
+    records = tasks.select(task, tasks.load_task(task, None, tasks.Skipped()), "calibration", False)
     records = records[:limit] if limit else records
     if not records:
         raise EntmtpError(f"task {task!r} has no calibration prompts")
+    return records
+
+
+def partial_folder(out: Path) -> Path:
+    """Where an unfinished calibration to `out` keeps its decoded prompts."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def kept_prompts(partial: Path, n_prompts: int) -> int:
+    """How many of the first `n_prompts` prompts are decoded and kept in `partial`."""
+    return sum((Path(partial) / _prompt_file(i)).is_file() for i in range(n_prompts))
+
+
+def discard_partial(partial: Path) -> None:
+    """Remove a partial folder's own files (and the folder, once empty)."""
+    partial = Path(partial)
+    for path in [*partial.glob("prompt-*.pt"), partial / _KEY_FILE]:
+        path.unlink(missing_ok=True)
+    try:
+        partial.rmdir()
+    except OSError:
+        pass  # missing, or it holds something that is not ours: left alone
+
+
+_KEY_FILE = "key.json"
+PARTIAL_FORMAT = "entmtp-calibration-partial/1"
+
+
+def _prompt_file(index: int) -> str:
+    return f"prompt-{index:05d}.pt"
+
+
+class _Partial:
+    """Decoded prompts of an unfinished calibration, under a key of everything that
+    changes a prompt's steps (--limit is not part of it: prompt i is the same prompt)."""
+
+    def __init__(self, folder: Path | None, key: dict, log: Callable[[str], None]):
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is None:
+            return
+        if self.folder.is_dir() and any(self.folder.iterdir()):
+            try:
+                earlier = read_json(self.folder / _KEY_FILE)
+            except EntmtpError:
+                raise EntmtpError(f"{self.folder} is not an unfinished calibration (no readable {_KEY_FILE}); "
+                                  "remove it or choose another --out") from None
+            if earlier != key:
+                log(f"discarding the decoded prompts in {self.folder}: they were made with other options")
+                discard_partial(self.folder)
+        write_json(self.folder / _KEY_FILE, key, indent=1)
+
+    def load(self, index: int, prompt_id: str) -> dict | None:
+        path = None if self.folder is None else self.folder / _prompt_file(index)
+        if path is None or not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - any damage (unlikely: files are renamed into place): decode it again
+            return None
+        return saved if isinstance(saved, dict) and saved.get("id") == prompt_id else None
+
+    def save(self, index: int, saved: dict) -> None:
+        if self.folder is None:
+            return
+        path = self.folder / _prompt_file(index)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(saved, tmp)
+        os.replace(tmp, path)  # Ctrl-C mid-save leaves no half a prompt
+
+
+def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_path: Optional[str] = None,
+                    limit: Optional[int] = None, max_new_tokens: int = 96, superset_nodes: int = 64,
+                    window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
+                    dtype_name: str = "bf16", partial: Path | None = None, records: list | None = None,
+                    log: Callable[[str], None] = print) -> dict:
+    """The calibration document. With `partial` (a folder), each decoded prompt is
+    kept there as it finishes, and prompts already kept under the same options are
+    not decoded again (the caller removes the folder once the document is written).
+    `records`: calibration_records(task, limit) when the caller has them already."""
+    check_options(task, heads_kind, limit=limit, max_new_tokens=max_new_tokens, superset_nodes=superset_nodes,
+                  window=window, repeats=repeats)
+    records = records if records is not None else calibration_records(task, limit)
     heads = load_model_heads(loaded, heads_kind, heads_path)
     top_k = DEFAULT_TOP_K
     superset = superset_tree(heads.n_heads, top_k, superset_nodes)
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=top_k,
                                  signal_window=window)
     prompts = [loaded.tokenizer.encode_chat(r.prompt) for r in records]
+    key = {"format": PARTIAL_FORMAT, "model": model_fingerprint(loaded), "heads": heads_fingerprint(heads),
+           "task": task, "max_new_tokens": max_new_tokens, "superset_nodes": superset_nodes, "window": window,
+           "top_k": top_k, "dtype": dtype_name, "device": str(loaded.model.device)}
+    store = _Partial(partial, key, log)
     log(f"calibrating {heads_kind} on {len(prompts)} {task} calibration prompts "
         f"(superset tree of {superset.n_nodes - 1} nodes, {max_new_tokens} new tokens)")
-    started = time.perf_counter()
-    hidden_states: list[torch.Tensor] = []  # each step's heads input [H], for the probe
-    decoder.on_step_hidden = lambda h: hidden_states.append(h.detach().float().cpu())
-    results = rollout(decoder, prompts, max_new_tokens, loaded.eos_token_ids,
-                      lambda n: log(f"  prompt {n}/{len(prompts)}") if n % 10 == 0 else None)
-    columns = step_rows(results)
-    decode_seconds = time.perf_counter() - started
+    captured: list[torch.Tensor] = []  # each step's heads input [H], for the probe
+    decoder.on_step_hidden = lambda h: captured.append(h.detach().float().cpu())
+    done, resumed = [], 0
+    for index, (record, ids) in enumerate(zip(records, prompts)):
+        saved = store.load(index, record.id)
+        if saved is None:
+            captured.clear()
+            started = time.perf_counter()
+            result = decoder.generate(ids, max_new_tokens, loaded.eos_token_ids)
+            hidden = torch.stack(captured) if captured else torch.zeros(0, loaded.config.hidden_size)
+            saved = {"id": record.id, "columns": step_rows([result]), "hidden": hidden,
+                     "seconds": time.perf_counter() - started}
+            store.save(index, saved)
+        else:
+            resumed += 1
+        done.append(saved)
+        if (index + 1) % 10 == 0:
+            log(f"  prompt {index + 1}/{len(prompts)}")
     decoder.on_step_hidden = None
-    probe = fit_probe(torch.stack(hidden_states), columns["accepted"], columns["prompt"])
+    if resumed:
+        log(f"  {resumed} of {len(prompts)} prompts were decoded by an earlier run (kept in {partial})")
+    columns = {k: [] for k in done[0]["columns"]}
+    for index, saved in enumerate(done):
+        for name, values in saved["columns"].items():
+            columns[name].extend([index] * len(values) if name == "prompt" else values)
+    decode_seconds = sum(saved["seconds"] for saved in done)
+    probe = fit_probe(torch.cat([saved["hidden"] for saved in done]), columns["accepted"], columns["prompt"])
     columns["probe"] = probe.pop("oof")
     log(f"probe: ridge lambda {probe['lambda']:g}, out-of-fold r {probe['out_of_fold_r']:.3f} "
         "with accepted length")
