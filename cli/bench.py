@@ -21,7 +21,8 @@ def bench(
     model: str | None = typer.Option(None, "--model", help="Model name, folder or .gguf (default: the default model)."),
     data: Path | None = typer.Option(None, "--data", help="Your own JSONL for one task (its native record format); "
                                         "all its records are evaluated."),
-    split: str = typer.Option("evaluation", "--split", help="evaluation (default), calibration or all."),
+    split: str | None = typer.Option(None, "--split", help="evaluation (default), calibration or all; not with "
+                                     "--data (all its records are evaluated)."),
     limit: int | None = typer.Option(None, "--limit", help="First N prompts of the split per task."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
@@ -42,6 +43,9 @@ def bench(
     from entmtp.bench.run import run_bench
     from entmtp.bench.summary import print_summary
 
+    if data is not None and split is not None:
+        raise UsageError("--split does not go with --data: all the records of your own data are evaluated")
+    split = split or "evaluation"
     cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
                       data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                       dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,

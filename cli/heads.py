@@ -34,7 +34,7 @@ def heads_train(
     """Self-distil heads from the base model's own greedy outputs.
 
     Resumable: after Ctrl-C, rerun the same command (with more --steps to train longer)."""
-    from entmtp.heads.train import TrainConfig, check_out_dir, kept_summary, train_heads
+    from entmtp.heads.train import NOTHING_KEPT, TrainConfig, check_out_dir, kept_summary, train_heads
     from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.outputs import check_output_folder
 
@@ -49,16 +49,20 @@ def heads_train(
         loaded = load_model(model, torch_dtype, torch_device)
         train_heads(loaded, cfg, out)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {kept_summary(out)}; rerun the same command to resume") from None
+        kept = kept_summary(out)
+        raise Interrupted(f"interrupted: {kept}; rerun the same command to "
+                          f"{'start' if kept == NOTHING_KEPT else 'resume'}") from None
     typer.echo(f"wrote {out / 'heads'}")
 
 
 @app.command("shortlist")
 def heads_shortlist(
-    kind: HeadKind = typer.Option(HeadKind.hydra, "--head-kind", help="Whose heads: hydra or medusa."),
+    kind: HeadKind | None = typer.Option(None, "--head-kind", help="Whose shipped heads: hydra or medusa "
+                                         "(default hydra; not with --heads)."),
     heads_path: str | None = typer.Option(None, "--heads", help="Heads folder (default: the shipped ones)."),
     model: str | None = typer.Option(None, "--model"),
-    size: int | None = typer.Option(None, "--size", help="Tokens in the list (default: by --coverage)."),
+    size: int | None = typer.Option(None, "--size", help="Tokens in the list, from the drafting top-k (10) to the "
+                                    "model's vocabulary size (default: by --coverage)."),
     coverage: float = typer.Option(0.97, "--coverage", help="Without --size: the fewest tokens (a multiple of "
                                    "256) covering this share of the training prompts' tokens."),
 ) -> None:
@@ -67,14 +71,22 @@ def heads_shortlist(
     `--draft-vocab heads` (run) or a `+dv` method (bench) then drafts over it."""
     import torch
 
+    from entmtp.decode.speculative import DEFAULT_TOP_K
     from entmtp.heads import shortlist
     from entmtp.heads.shipped import shipped_heads
     from entmtp.model.loader import load_model
 
+    if heads_path is not None and kind is not None:
+        # --head-kind only picks which shipped heads; the heads in --heads are what they are.
+        raise UsageError("--head-kind does not go with --heads (it picks the shipped heads; "
+                         "--heads names the heads itself)")
+    kind = HeadKind.hydra if kind is None else kind
     if not 0 < coverage <= 1:
         raise UsageError(f"--coverage must be in (0, 1], got {coverage}")
-    if size is not None and size < 1:
-        raise UsageError(f"--size must be >= 1, got {size}")
+    if size is not None and size < DEFAULT_TOP_K:
+        # The decoder drafts the top-k tokens of the list: a shorter one is refused at run time.
+        raise UsageError(f"--size must be >= {DEFAULT_TOP_K} (the heads draft their top {DEFAULT_TOP_K} tokens "
+                         f"from the list), got {size}")
     folder = None
     if heads_path is not None:
         # Before the model loads: the heads, their prompts and the file written beside them.
@@ -82,6 +94,9 @@ def heads_shortlist(
         _training_prompts(folder)
     loaded = load_model(model, torch.bfloat16)
     folder = folder or shipped_heads(loaded, kind.value)
+    if size is not None and size > loaded.config.vocab_size:
+        raise UsageError(f"--size must be at most the model's vocabulary size {loaded.config.vocab_size}, "
+                         f"got {size}")
     source, prompts = _training_prompts(folder)
     counts = shortlist.count_tokens((loaded.tokenizer.encode(p) for p in prompts), loaded.config.vocab_size)
     vocab = shortlist.choose(counts, size, coverage,

@@ -13,11 +13,13 @@ def kernels_bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("bf16,fp32", "--dtype", help="Comma list of bf16, fp32, fp16."),
     quick: bool = typer.Option(False, "--quick", help="A few shapes only (CI smoke)."),
-    repeats: int = typer.Option(7, "--repeats", help="Interleaved rounds per row (>= 1)."),
-    t_values: str | None = typer.Option(None, "--T", help="New tokens T per attention call (comma list, >= 1)."),
-    l_values: str | None = typer.Option(None, "--L", help="Prefix lengths L (comma list, >= 0)."),
-    v_values: str | None = typer.Option(None, "--V", help="Vocabulary sizes V (comma list, >= 1)."),
-    n_values: str | None = typer.Option(None, "--N", help="Logit rows N (comma list, >= 1)."),
+    # The bounds are entmtp.bench.kernels.MAX_* (not imported here: it pulls in torch).
+    repeats: int = typer.Option(7, "--repeats", help="Interleaved rounds per row (1 to 1000)."),
+    t_values: str | None = typer.Option(None, "--T", help="New tokens T per attention call (comma list, "
+                                        "1 to 4096)."),
+    l_values: str | None = typer.Option(None, "--L", help="Prefix lengths L (comma list, 0 to 131072)."),
+    v_values: str | None = typer.Option(None, "--V", help="Vocabulary sizes V (comma list, 1 to 1048576)."),
+    n_values: str | None = typer.Option(None, "--N", help="Logit rows N (comma list, 1 to 8192)."),
     skip: str | None = typer.Option(None, "--skip", help="attention or entropy."),
 ) -> None:
     """tree_attention vs SDPA and token_entropy vs torch, side by side (ratio = torch / ours)."""

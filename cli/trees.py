@@ -26,10 +26,12 @@ def trees_show(name: str = typer.Argument(..., help="A shipped tree or bank name
 
 
 def _is_bank_file(path: Path) -> bool:
-    """Its JSON `format` key says so (a tree file says entmtp-tree/1)."""
-    from entmtp.jsonfile import read_json
+    """Its JSON `format` key says so (a tree file says entmtp-tree/1). Read with the
+    tree/bank guards (a regular file, its size, its nesting): a FIFO or /dev/zero
+    named here is refused instead of read forever."""
+    from entmtp.trees.files import read_document
 
-    document = read_json(path, f"file {str(path)!r}")
+    document = read_document(path, f"file {str(path)!r}")
     return isinstance(document, dict) and str(document.get("format", "")).startswith("entmtp-bank/")
 
 
@@ -42,19 +44,22 @@ def trees_build(
                                     "is another's)."),
     name: str | None = typer.Option(None, "--name", help="Bank name (default <model>-<heads>-<task>)."),
     max_nodes: int = typer.Option(128, "--max-nodes", help="Largest tree grown (limited by the superset)."),
-    bank_size: int = typer.Option(6, "--bank-size", help="Most trees in the bank."),
+    bank_size: int = typer.Option(6, "--bank-size", help="Most trees in the bank (1 to 32, what a bank file may "
+                                  "hold)."),
     rollout_prompts: int = typer.Option(8, "--rollout-prompts", help="Calibration prompts per bank tree for the "
                                         "self-rollout de-biasing (0 = skip; needs the model)."),
-    model: str | None = typer.Option(None, "--model"),
+    model: str | None = typer.Option(None, "--model", help="The model for the self-rollouts (not with "
+                                     "--rollout-prompts 0)."),
     heads_path: str | None = typer.Option(None, "--heads", help="Heads file or folder the calibration was made "
-                                          "with (default: the shipped ones)."),
+                                          "with, for the self-rollouts (default: the shipped ones; not with "
+                                          "--rollout-prompts 0)."),
 ) -> None:
     """Pareto tree bank (trees, hulls, calibration tables, cost curve, ladder) from a calibration.
 
     --out is overwritten if it exists."""
     from entmtp.jsonfile import write_json
     from entmtp.outputs import check_output_file
-    from entmtp.schedule.bank import shipped_bank_name
+    from entmtp.schedule.bank import MAX_BANK_TREES, shipped_bank_name
     from entmtp.tasks import TASKS
     from entmtp.tune.build import build_bank, read_calibration
     from entmtp.tune.calibrate import self_rollout_with
@@ -63,6 +68,16 @@ def trees_build(
                                  ("--rollout-prompts", rollout_prompts, 0)):
         if value < least:
             raise UsageError(f"{option} must be >= {least}, got {value}")
+    if bank_size > MAX_BANK_TREES:
+        raise UsageError(f"--bank-size must be at most {MAX_BANK_TREES} (the most trees a bank file may hold), "
+                         f"got {bank_size}")
+    if rollout_prompts == 0:
+        # Both only serve the self-rollouts, which --rollout-prompts 0 skips.
+        unused = [option for option, value in (("--model", model), ("--heads", heads_path)) if value is not None]
+        if unused:
+            raise UsageError(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} only used by the "
+                             "self-rollouts, which --rollout-prompts 0 skips; drop "
+                             f"{'it' if len(unused) == 1 else 'them'} or give --rollout-prompts N")
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
     if name is not None and (not name.strip() or "/" in name or "\\" in name):

@@ -19,11 +19,16 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
     if prompt is not None:
         if not prompt.strip():
             raise UsageError("--prompt is empty")
-        return [prompt]
+        return [_checked_text(prompt, "--prompt")]
     if prompt_file == STDIN:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("--prompt-file - reads the prompt from standard input, but nothing is piped in")
-        text = sys.stdin.read()
+        stream = getattr(sys.stdin, "buffer", None)
+        raw = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EntmtpError(f"the prompt on standard input is not UTF-8 (byte {exc.start})") from None
         if not text.strip():
             raise EntmtpError("the prompt on standard input is empty")
         return [text.rstrip("\n")]
@@ -34,7 +39,7 @@ def read_prompt_file(path: Path) -> list[str]:
     path = Path(path)
     if path.is_dir():
         raise EntmtpError(f"prompt file {path} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():  # not is_file(): a pipe (--prompt-file <(...)) is fine
         raise EntmtpError(f"prompt file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
@@ -47,6 +52,16 @@ def read_prompt_file(path: Path) -> list[str]:
     if not text.strip():
         raise EntmtpError(f"prompt file {path} is empty")
     return [text.rstrip("\n")]
+
+
+def _checked_text(text: str, where: str) -> str:
+    """Text the tokenizer can take: a lone surrogate (a "\\ud800" JSON escape, or
+    bytes the shell could not decode) is not a character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EntmtpError(f"{where}: the prompt holds an invalid character at position {exc.start}") from None
+    return text
 
 
 def _read_jsonl(path: Path, text: str) -> list[str]:
@@ -62,7 +77,7 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
             raise EntmtpError(f'{path}:{number}: expected an object with a string "prompt"')
         if not record["prompt"].strip():
             raise EntmtpError(f"{path}:{number}: the prompt is empty")
-        prompts.append(record["prompt"])
+        prompts.append(_checked_text(record["prompt"], f"{path}:{number}"))
     if not prompts:
         raise EntmtpError(f"prompt file {path} holds no prompts")
     return prompts

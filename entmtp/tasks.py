@@ -120,7 +120,7 @@ def load_task(task: str, data: Path | None, skipped: Skipped) -> list[TaskRecord
         data = Path(data)
         if data.is_dir():
             raise EntmtpError(f"--data {data} is a directory, not a file")
-        if not data.is_file():
+        if not data.exists():  # not is_file(): a pipe (--data <(...)) is fine
             raise EntmtpError(f"--data {data} does not exist")
         if task == "litbench" and data.suffix == ".csv":
             return _unique_ids(_read_writingprompts_csv(data), f"--data {data}")

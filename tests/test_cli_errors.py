@@ -454,3 +454,220 @@ def test_kernels_tune_ctrl_c_names_the_cache(capsys, tmp_path, monkeypatch):
     code, _, err = _cli(capsys, "kernels", "tune")
     assert code == 130
     _ends_with_error(err, f"the row counts timed so far are cached in {tmp_path / 'home' / 'gemm'}")
+
+
+# ------------------------------------------------------------------ review fixes
+def _partial_with_prompts(folder: Path, n: int = 1, **changes) -> None:
+    """OUT.partial/ as an earlier, interrupted `calibrate --task humaneval` left it (CLI defaults,
+    changed by `changes`), holding its first `n` decoded prompts."""
+    from entmtp.tune.calibrate import partial_key
+
+    options = dict(task="humaneval", max_new_tokens=96, superset_nodes=64, window=4.0, dtype_name="bf16")
+    options.update(changes)
+    folder.mkdir(parents=True)
+    key = partial_key(model={"name": "m"}, heads="fp", device="cpu", **options)
+    (folder / "key.json").write_text(json.dumps(key))
+    for i in range(n):
+        torch.save({"id": f"p{i}"}, folder / f"prompt-{i:05d}.pt")
+
+
+def test_calibrate_refuses_to_discard_prompts_decoded_with_other_options(capsys, no_model, tmp_path):
+    out, partial = tmp_path / "cal.json", tmp_path / "cal.json.partial"
+    _partial_with_prompts(partial, 2, max_new_tokens=6, window=2.0)
+    before = sorted(p.name for p in partial.iterdir())
+    code, _, err = _cli(capsys, "calibrate", "--task", "humaneval", "--max-new-tokens", "8", "--out", str(out))
+    assert code == 2
+    _one_error_line(err, f"{partial} holds 2 prompts decoded with other options (--max-new-tokens 6 there, 8 now; "
+                         f"--window 2.0 there, 4.0 now); rerun with the options it was made with to resume, "
+                         f"or delete {partial} to start over")
+    assert sorted(p.name for p in partial.iterdir()) == before
+
+
+def test_calibrate_ctrl_c_while_loading_names_an_earlier_partial_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("entmtp.model.loader.load_model", _interrupt)
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "mymodel"  # a folder: resolved as is (the default --out is named after it)
+    model.mkdir()
+    partial = Path("runs/calibration/mymodel-hydra-humaneval.json.partial")
+    _partial_with_prompts(partial)
+    code, _, err = _cli(capsys, "calibrate", "--task", "humaneval", "--limit", "2", "--model", str(model))
+    assert code == 130
+    _one_error_line(err, f"interrupted while loading the model: nothing new was written; {partial} holds 1 of 2 "
+                         "calibration prompts decoded by an earlier run; rerun the same command to resume")
+    assert (partial / "prompt-00000.pt").is_file()
+    # With --out too, and all prompts kept: what is left is the timing.
+    out = tmp_path / "cal.json"
+    _partial_with_prompts(tmp_path / "cal.json.partial")
+    code, _, err = _cli(capsys, "calibrate", "--task", "humaneval", "--limit", "1", "--out", str(out))
+    assert code == 130
+    _one_error_line(err, f"interrupted while loading the model: nothing new was written; {out}.partial holds 1 of "
+                         f"1 calibration prompts decoded by an earlier run; rerun the same command to time the "
+                         f"cost curve and write {out}")
+
+
+RECOST_IGNORED = [("--task", "humaneval"), ("--head-kind", "hydra"), ("--limit", "3"), ("--max-new-tokens", "96"),
+                  ("--superset-nodes", "64"), ("--window", "4"), ("--dtype", "bf16"), ("--device", "cpu")]
+
+
+@pytest.mark.parametrize("option,value", RECOST_IGNORED, ids=[o for o, _ in RECOST_IGNORED])
+def test_recost_refuses_the_options_its_file_records(capsys, no_model, calibration_file, option, value):
+    # Even with the default value: --recost would have ignored it silently.
+    code, _, err = _cli(capsys, "calibrate", "--recost", str(calibration_file), option, value)
+    assert code == 2
+    _one_error_line(err, f"{option} does not go with --recost (the calibration file records it)")
+
+
+def test_recost_names_every_refused_option(capsys, no_model, calibration_file):
+    code, _, err = _cli(capsys, "calibrate", "--recost", str(calibration_file), "--window", "2", "--task", "gsm8k")
+    assert code == 2
+    _one_error_line(err, "--task, --window do not go with --recost (the calibration file records them)")
+
+
+def test_calibrate_help_states_the_real_defaults(capsys):
+    code, out, _ = _cli(capsys, "calibrate", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for default in ("(default hydra)", "(default 96)", "default 64)", "(default 4)", "(default bf16)",
+                    "(default cpu)"):
+        assert default in text, default
+
+
+def test_trees_show_refuses_a_fifo_instead_of_hanging(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "f.json"
+    os.mkfifo(fifo)
+    repo = Path(__file__).resolve().parents[1]
+    # In a child: reading a FIFO nobody writes to would block this test run forever.
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "trees", "show", str(fifo)], cwd=repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    _one_error_line(proc.stderr, f"file {str(fifo)!r} is not a regular file")
+
+
+KERNEL_BENCH_BOUNDS = [
+    (("--V", "1000000000000", "--skip", "attention"), "--V values must be at most 1048576, got 1000000000000"),
+    (("--N", "1000000000000", "--skip", "attention"), "--N values must be at most 8192, got 1000000000000"),
+    (("--T", "1000000000000", "--skip", "entropy"), "--T values must be at most 4096, got 1000000000000"),
+    (("--L", "1000000000000", "--skip", "entropy"), "--L values must be at most 131072, got 1000000000000"),
+]
+
+
+@pytest.mark.parametrize("args,needle", KERNEL_BENCH_BOUNDS, ids=[" ".join(a[:2]) for a, _ in KERNEL_BENCH_BOUNDS])
+def test_kernels_bench_upper_bounds(capsys, args, needle):
+    code, out, err = _cli(capsys, "kernels", "bench", "--quick", "--repeats", "1", *args)
+    assert code == 2
+    _one_error_line(err, needle)
+    assert "median ms" not in out
+
+
+def test_kernels_bench_repeats_bound():
+    from entmtp.bench.kernels import MAX_REPEATS, bench_options
+    from entmtp.errors import UsageError
+
+    assert bench_options(repeats=MAX_REPEATS).repeats == MAX_REPEATS
+    with pytest.raises(UsageError, match=f"--repeats must be at most {MAX_REPEATS}, got {MAX_REPEATS + 1}"):
+        bench_options(repeats=MAX_REPEATS + 1)
+
+
+def test_kernels_bench_help_states_the_bounds(capsys):
+    from entmtp.bench import kernels
+
+    code, out, _ = _cli(capsys, "kernels", "bench", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for bound in (kernels.MAX_T, kernels.MAX_L, kernels.MAX_V, kernels.MAX_N, kernels.MAX_REPEATS):
+        assert f"to {bound})" in text, bound
+
+
+def test_kernels_bench_out_of_memory_is_one_line(capsys, monkeypatch):
+    def cannot_allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("entmtp.bench.kernels.bench_entropy", cannot_allocate)
+    code, _, err = _cli(capsys, "kernels", "bench", "--quick", "--repeats", "1", "--skip", "attention",
+                        "--dtype", "fp32")
+    assert code == 1
+    _one_error_line(err, "benching token_entropy (fp32) ran out of memory (you tried to allocate 4000000000000 "
+                         "bytes); give smaller --V or --N")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr("entmtp.bench.kernels.bench_entropy", bug)  # anything else stays a bug
+    code, _, err = _cli(capsys, "kernels", "bench", "--quick", "--repeats", "1", "--skip", "attention",
+                        "--dtype", "fp32")
+    assert code == 1
+    _one_error_line(err, "internal error: RuntimeError: shape mismatch")
+
+
+def test_trees_build_bank_size_bound(capsys, calibration_file, tmp_path):
+    from entmtp.schedule.bank import MAX_BANK_TREES
+
+    out = tmp_path / "bank.json"
+    code, _, err = _cli(capsys, "trees", "build", "--calibration", str(calibration_file), "--rollout-prompts", "0",
+                        "--bank-size", str(MAX_BANK_TREES + 1), "--out", str(out))
+    assert code == 2
+    _one_error_line(err, f"--bank-size must be at most {MAX_BANK_TREES} (the most trees a bank file may hold), "
+                         f"got {MAX_BANK_TREES + 1}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("--model", "m"), "--model is only used by the self-rollouts, which --rollout-prompts 0 skips"),
+    (("--heads", "."), "--heads is only used by the self-rollouts"),
+    (("--model", "m", "--heads", "."), "--model and --heads are only used by the self-rollouts"),
+])
+def test_trees_build_without_rollouts_refuses_model_and_heads(capsys, calibration_file, tmp_path, extra, needle):
+    out = tmp_path / "bank.json"
+    code, _, err = _cli(capsys, "trees", "build", "--calibration", str(calibration_file), "--rollout-prompts", "0",
+                        *extra, "--out", str(out))
+    assert code == 2
+    _one_error_line(err, needle)
+    assert not out.exists()
+
+
+def _heads_with_prompts(tmp_path: Path) -> Path:
+    heads = tmp_path / "run" / "heads"
+    heads.mkdir(parents=True)
+    (heads / "training_prompts.json").write_text(json.dumps({"prompts": [{"prompt": "Say hi."}]}))
+    return heads
+
+
+@pytest.mark.parametrize("size", ["1", "9", "-3"])
+def test_heads_shortlist_size_below_top_k(capsys, no_model, tmp_path, size):
+    code, _, err = _cli(capsys, "heads", "shortlist", "--heads", str(_heads_with_prompts(tmp_path)), "--size", size)
+    assert code == 2
+    _one_error_line(err, f"--size must be >= 10 (the heads draft their top 10 tokens from the list), got {size}")
+
+
+def test_heads_shortlist_size_above_the_vocabulary(capsys, tmp_path, monkeypatch):
+    loaded = SimpleNamespace(config=SimpleNamespace(vocab_size=16),
+                             tokenizer=SimpleNamespace(encode=lambda text: [1, 2, 3]))
+    monkeypatch.setattr("entmtp.model.loader.load_model", lambda *a, **k: loaded)
+    heads = _heads_with_prompts(tmp_path)
+    code, _, err = _cli(capsys, "heads", "shortlist", "--heads", str(heads), "--size", "17")
+    assert code == 2
+    _one_error_line(err, "--size must be at most the model's vocabulary size 16, got 17")
+    assert not (heads / "draft_vocab.json").exists()
+    code, out, err = _cli(capsys, "heads", "shortlist", "--heads", str(heads), "--size", "16")
+    assert code == 0, err
+    assert "16 of 16 tokens" in out
+
+
+def test_heads_shortlist_head_kind_does_not_go_with_heads(capsys, no_model, tmp_path):
+    code, _, err = _cli(capsys, "heads", "shortlist", "--heads", str(_heads_with_prompts(tmp_path)),
+                        "--head-kind", "hydra")
+    assert code == 2
+    _one_error_line(err, "--head-kind does not go with --heads")
+
+
+def test_heads_train_ctrl_c_before_anything_is_written(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("entmtp.model.loader.load_model", _interrupt)
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
+    assert code == 130
+    _one_error_line(err, "interrupted: nothing was written; rerun the same command to start")

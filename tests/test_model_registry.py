@@ -95,11 +95,11 @@ def test_directory_is_returned_as_is(tmp_path):
     assert reg.resolve_model(tmp_path) == tmp_path
 
 
-def test_gguf_file_cached_by_name_and_size(fresh_home, tiny_gguf):
+def test_gguf_file_cached_by_name_and_content(fresh_home, tiny_gguf):
     path, _ = tiny_gguf("My Model.Q8_0.gguf")
     folder = reg.resolve_model(str(path))
     assert folder.parent == reg.models_dir()
-    assert folder.name == f"gguf-My_Model.Q8_0-{path.stat().st_size}"
+    assert folder.name == f"gguf-My_Model.Q8_0-{sha256_of(path)[:12]}"
     assert (folder / "model.safetensors").is_file() and (folder / reg.MARKER).is_file()
     weights_mtime = (folder / "model.safetensors").stat().st_mtime_ns
     assert reg.resolve_model(str(path)) == folder
@@ -111,16 +111,41 @@ def test_gguf_file_cached_by_name_and_size(fresh_home, tiny_gguf):
     assert (folder / reg.MARKER).is_file()
     assert (folder / "model.safetensors").stat().st_mtime_ns != weights_mtime
 
-    # A changed source (same name and size, new bytes) is converted again too.
+    # A changed source (same name and size, new bytes) is converted into a folder of its own;
+    # the first one, which a running process may be loading, is left as it was.
     weights_mtime = (folder / "model.safetensors").stat().st_mtime_ns
     size = path.stat().st_size
     tiny_gguf("My Model.Q8_0.gguf", seed=1)
     assert path.stat().st_size == size
-    assert reg.resolve_model(str(path)) == folder
-    assert (folder / "model.safetensors").stat().st_mtime_ns != weights_mtime
-    leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")
+    changed = reg.resolve_model(str(path))
+    assert changed != folder and changed.name == f"gguf-My_Model.Q8_0-{sha256_of(path)[:12]}"
+    assert marker_of(changed)["sha256"] == sha256_of(path) and (changed / "model.safetensors").is_file()
+    assert (folder / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith((f".{folder.name}.", f".{changed.name}."))
                  and not p.name.endswith(".lock")]
     assert leftovers == []
+
+
+def test_same_name_and_size_ggufs_get_a_folder_each(fresh_home, tiny_gguf, tmp_path, monkeypatch):
+    # ckpt1/model.gguf and ckpt2/model.gguf: same file name, same size, other weights. Keyed by
+    # name and size they shared one folder and reconverted it on every other run.
+    first, _ = tiny_gguf()
+    second, _ = tiny_gguf("other.gguf", seed=1)
+    assert first.stat().st_size == second.stat().st_size and sha256_of(first) != sha256_of(second)
+    paths = []
+    for name, source in (("ckpt1", first), ("ckpt2", second)):
+        paths.append(tmp_path / name / "model.gguf")
+        paths[-1].parent.mkdir()
+        shutil.copyfile(source, paths[-1])
+    calls = count_conversions(monkeypatch)
+    folders = [reg.resolve_model(p) for p in paths]
+    assert folders[0] != folders[1] and len(calls) == 2
+    assert [f.name for f in folders] == [f"gguf-model-{sha256_of(p)[:12]}" for p in paths]
+    inodes = [(f / "model.safetensors").stat().st_ino for f in folders]
+    for _ in range(2):  # alternate runs: each finds its own folder current
+        assert [reg.resolve_model(p) for p in paths] == folders
+    assert len(calls) == 2 and [(f / "model.safetensors").stat().st_ino for f in folders] == inodes
+    assert [marker_of(f)["sha256"] for f in folders] == [sha256_of(p) for p in paths]
 
 
 def test_concurrent_resolves_convert_once(fresh_home, tiny_gguf, monkeypatch):
@@ -145,7 +170,7 @@ def test_concurrent_resolves_convert_once(fresh_home, tiny_gguf, monkeypatch):
 
 def test_stale_partial_folders_are_cleaned(fresh_home, tiny_gguf):
     path, _ = tiny_gguf()
-    name = f"gguf-tiny-{path.stat().st_size}"
+    name = f"gguf-tiny-{sha256_of(path)[:12]}"
     partial = reg.models_dir() / f".{name}.partial-dead"
     partial.mkdir(parents=True)
     (partial / "model.safetensors").write_bytes(b"half")
@@ -241,6 +266,41 @@ def test_two_installs_share_one_conversion(fresh_home, tiny_gguf, tmp_path, monk
     assert (folder / "model.safetensors").stat().st_ino == weights.st_ino
 
 
+def test_read_only_cache_serves_a_current_folder_whose_source_is_gone(fresh_home, tiny_gguf, tmp_path,
+                                                                      monkeypatch):
+    path, _ = tiny_gguf()
+    installs, current = serve_default_from(monkeypatch, tmp_path, {"venv-a": path, "venv-b": path})
+    current["gguf"] = installs["venv-a"]
+    folder = reg.resolve_model(None)
+    shutil.rmtree(installs["venv-a"].parent)  # the recorded source is gone
+    # A read-only cache: the lock cannot be opened (a folder in its way) nor the marker rewritten.
+    lock = reg.models_dir() / f".{reg.DEFAULT_MODEL}.lock"
+    lock.unlink()
+    lock.mkdir()
+    real_write_json = reg.write_json
+
+    def read_only(target, *args, **kwargs):
+        if Path(target).parent == folder:
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_write_json(target, *args, **kwargs)
+
+    monkeypatch.setattr(reg, "write_json", read_only)
+    calls = count_conversions(monkeypatch)
+    current["gguf"] = installs["venv-b"]
+    assert reg.resolve_model(None) == folder and calls == []
+    assert marker_of(folder)["sha256"] == sha256_of(path)
+    # Lock opened but the marker not rewritable: served as well, `source` left as it was.
+    lock.rmdir()
+    assert reg.resolve_model(None) == folder and calls == []
+    assert marker_of(folder)["source"] == str(installs["venv-a"].resolve())
+    # A folder that is not current still needs the lock, and says so.
+    lock.unlink()
+    lock.mkdir()
+    (folder / reg.MARKER).unlink()
+    with pytest.raises(EntmtpError, match="cannot use the model cache"):
+        reg.resolve_model(None)
+
+
 def test_changed_content_is_converted_again(fresh_home, tiny_gguf, tmp_path, monkeypatch):
     path, _ = tiny_gguf()
     same_size, _ = tiny_gguf("same-size.gguf", seed=1)
@@ -301,10 +361,14 @@ def test_corrupt_hash_index_is_rebuilt(fresh_home, tiny_gguf, monkeypatch, garba
     assert json.loads(index.read_text())["files"][str(path.resolve())]["sha256"] == sha256_of(path)
 
 
-def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, monkeypatch):
+def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, tmp_path, monkeypatch):
+    # A known model's folder keeps its name: a changed GGUF rebuilds it in place.
     path, _ = tiny_gguf()
-    folder = reg.resolve_model(path)
-    tiny_gguf(seed=1)  # same name and size, new bytes: the next resolve rebuilds the folder
+    changed, _ = tiny_gguf("changed.gguf", seed=1)
+    installs, current = serve_default_from(monkeypatch, tmp_path, {"a": path, "b": changed})
+    current["gguf"] = installs["a"]
+    folder = reg.resolve_model(None)
+    current["gguf"] = installs["b"]  # same size, new bytes: the next resolve rebuilds the folder
     converting, checked_during, stop = threading.Event(), threading.Event(), threading.Event()
     violations, checks = [], [0]
 
@@ -335,23 +399,26 @@ def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, monkeypatch):
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        assert reg.resolve_model(path) == folder
+        assert reg.resolve_model(None) == folder
     finally:
         stop.set()
         thread.join()
     assert violations == [] and checks[0] >= 50
-    assert marker_of(folder)["sha256"] == sha256_of(path)
+    assert marker_of(folder)["sha256"] == sha256_of(changed)
 
 
 
-def test_rebuild_without_atomic_exchange(fresh_home, tiny_gguf, monkeypatch):
+def test_rebuild_without_atomic_exchange(fresh_home, tiny_gguf, tmp_path, monkeypatch):
     # Where renameat2's exchange is missing: the old folder is moved aside, then replaced.
     path, _ = tiny_gguf()
-    folder = reg.resolve_model(path)
-    tiny_gguf(seed=1)
+    changed, _ = tiny_gguf("changed.gguf", seed=1)
+    installs, current = serve_default_from(monkeypatch, tmp_path, {"a": path, "b": changed})
+    current["gguf"] = installs["a"]
+    folder = reg.resolve_model(None)
+    current["gguf"] = installs["b"]
     monkeypatch.setattr(reg, "_rename_exchange", lambda a, b: False)
-    assert reg.resolve_model(path) == folder
-    assert marker_of(folder)["sha256"] == sha256_of(path) and (folder / "model.safetensors").is_file()
+    assert reg.resolve_model(None) == folder
+    assert marker_of(folder)["sha256"] == sha256_of(changed) and (folder / "model.safetensors").is_file()
     assert [p.name for p in reg.models_dir().glob(f".{folder.name}.partial-*")] == []
 
 
@@ -402,7 +469,7 @@ def test_two_processes_from_two_installs_convert_once(fresh_home, tiny_gguf, tmp
             p.kill()
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err
-    folder = reg.models_dir() / f"gguf-tiny-{path.stat().st_size}"
+    folder = reg.models_dir() / f"gguf-tiny-{sha256_of(path)[:12]}"
     assert [out for out, _ in outputs] == [f"{folder} True True\n"] * 2
     assert len(log.read_text().splitlines()) == 1
     assert marker_of(folder)["sha256"] == sha256_of(path)

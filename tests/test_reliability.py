@@ -65,7 +65,8 @@ def test_speculation_runs_to_the_last_position_like_ar(short_models, positions, 
         assert out.token_ids == ar.token_ids, (budget, out.records)
         assert out.stop_reason == ar.stop_reason
     assert ar.stop_reason == "context" and len(ar.token_ids) == positions - len(ids)
-    assert any("[:" in r.tree for r in out.records)  # the last steps drafted a cut tree
+    cut = [r for r in out.records if r.fitted_nodes is not None]
+    assert cut and all(r.tree == tree_name and r.fitted_nodes < load_tree(tree_name).n_nodes for r in cut)
     assert spec.tree.name == tree_name               # and the decoder's own tree is back
 
 
@@ -77,6 +78,8 @@ def test_bank_decoding_runs_to_the_last_position_like_ar(short_models):
         decoder = make_bank_decoder(loaded, MethodOptions(scheduler=scheduler, task="humaneval"))
         out = decoder.generate(ids, 16, loaded.eos_token_ids)
         assert out.token_ids == ar.token_ids and out.stop_reason == ar.stop_reason == "context"
+        # bench's modeled tok/s sums these: a step cut at the end still has the chosen tree's cost.
+        assert all(r.modeled_ms is not None for r in out.records)
 
 
 def test_a_tree_larger_than_the_context_is_a_usage_error(short_models):
@@ -307,3 +310,54 @@ def test_an_unknown_tree_fails_before_the_model_loads(capsys, tmp_path, prompt_t
                         "--method", "hydra", "--tree", "nope")
     assert code == 2
     _one_error_line(err, "unknown tree 'nope'")
+
+
+def test_prompt_text_that_is_not_utf8_is_one_line(capsys, monkeypatch, tiny_folder, tmp_path):  # noqa: F811
+    class Stdin(io.StringIO):
+        buffer = io.BytesIO(b"\xff\xfe hello")
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    code, _, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt-file", "-")
+    assert code == 1
+    _one_error_line(err, "standard input is not UTF-8 (byte 0)")
+    code, _, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt", "caf\udce9")
+    assert code == 1
+    _one_error_line(err, "--prompt: the prompt holds an invalid character at position 3")
+    bad = tmp_path / "surrogate.jsonl"
+    bad.write_text('{"prompt": "a\\ud800b"}\n')
+    code, _, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt-file", str(bad))
+    assert code == 1
+    _one_error_line(err, "surrogate.jsonl:1: the prompt holds an invalid character")
+
+
+def test_a_prompt_file_may_be_a_pipe(capsys, tiny_folder, tmp_path):  # noqa: F811
+    fifo = tmp_path / "prompt.fifo"
+    os.mkfifo(fifo)
+    import threading
+
+    writer = threading.Thread(target=lambda: fifo.write_text("Say hello.\n"))
+    writer.start()
+    code, out, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt-file", str(fifo), "--raw",
+                          "--max-new-tokens", "2", "--json")
+    writer.join(timeout=10)
+    assert code == 0, err
+    assert json.loads(out)["prompt"] == "Say hello."
+
+
+def test_bench_split_does_not_go_with_data(capsys, tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"id": "a", "prompt": "One."}\n')
+    code, _, err = _run(capsys, "bench", "--task", "sharegpt", "--data", str(data), "--split", "calibration",
+                        "--out", str(tmp_path / "out"))
+    assert code == 2
+    _one_error_line(err, "--split does not go with --data")
+
+
+def test_resume_survives_a_line_torn_inside_a_character(capsys, tmp_path):
+    from entmtp.bench.run import _read_results
+
+    results = tmp_path / "results.jsonl"
+    whole = json.dumps({"task": "t", "method": "ar", "prompt_id": "a", "text": "é"}, ensure_ascii=False)
+    results.write_bytes(whole.encode() + b"\n" + whole.encode()[:-3])  # the second line cut inside "é"
+    records, torn = _read_results(results)
+    assert [r["prompt_id"] for r in records] == ["a"] and torn == 1

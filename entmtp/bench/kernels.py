@@ -15,6 +15,7 @@ the medians and their ratio (torch / ours: > 1 means ours is faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -142,19 +143,28 @@ class BenchOptions:
     skip: str | None
 
 
-def _int_list(text: str | None, option: str, minimum: int) -> list[int] | None:
-    """A comma list of integers >= minimum, or None when the option is not given."""
+# Upper bounds of what is benched: well past any draft tree (T: <= 128 nodes), context
+# (L), vocabulary (V: the largest in use are ~256k) or batch of logit rows (N), and
+# short of tensors no machine holds (an L of 1e12 asked torch for terabytes).
+MAX_T, MAX_L, MAX_V, MAX_N, MAX_REPEATS = 4096, 131072, 1 << 20, 8192, 1000
+
+
+def _int_list(text: str | None, option: str, minimum: int, maximum: int) -> list[int] | None:
+    """A comma list of integers in [minimum, maximum], or None when the option is not given."""
     if text is None:
         return None
     values = []
+    what = f"{option} must be a comma list of integers >= {minimum}"
     for item in text.split(","):
         item = item.strip()
         try:
             value = int(item)
         except ValueError:
-            raise UsageError(f"{option} must be a comma list of integers >= {minimum}, not {text!r}") from None
+            raise UsageError(f"{what}, not {text!r}") from None
         if value < minimum:
-            raise UsageError(f"{option} must be a comma list of integers >= {minimum}, got {value}")
+            raise UsageError(f"{what}, got {value}")
+        if value > maximum:
+            raise UsageError(f"{option} values must be at most {maximum}, got {value}")
         values.append(value)
     return values
 
@@ -174,13 +184,15 @@ def bench_options(device: str = "cpu", dtype: str = "bf16,fp32", quick: bool = F
         raise UsageError(f"--dtype must be a comma list of {_ALL_DTYPES}, not {unknown[0]!r}")
     if repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    if repeats > MAX_REPEATS:
+        raise UsageError(f"--repeats must be at most {MAX_REPEATS}, got {repeats}")
     if skip not in (None, "attention", "entropy"):
         raise UsageError(f"--skip must be attention or entropy, not {skip!r}")
     # T new tokens and N logit rows are at least one; a prefix may be empty (L = 0).
-    t_values = _int_list(t_list, "--T", 1) or ([1, 64] if quick else [1, 8, 32, 64, 128])
-    l_values = _int_list(l_list, "--L", 0) or ([1024] if quick else [256, 1024, 4096])
-    vocabs = _int_list(v_list, "--V", 1) or ([49152] if quick else [49152, 131072])
-    rows = _int_list(n_list, "--N", 1) or [1, 64]
+    t_values = _int_list(t_list, "--T", 1, MAX_T) or ([1, 64] if quick else [1, 8, 32, 64, 128])
+    l_values = _int_list(l_list, "--L", 0, MAX_L) or ([1024] if quick else [256, 1024, 4096])
+    vocabs = _int_list(v_list, "--V", 1, MAX_V) or ([49152] if quick else [49152, 131072])
+    rows = _int_list(n_list, "--N", 1, MAX_N) or [1, 64]
     shapes = ((9, 3, 64),) if quick else ((9, 3, 64), (32, 32, 128))
     return BenchOptions(device, tuple(dict.fromkeys(dtypes)), shapes, tuple(t_values), tuple(l_values),
                         tuple(vocabs), tuple(rows), repeats, skip)
@@ -192,11 +204,34 @@ def run(options: BenchOptions) -> int:
     for name in options.dtypes:
         dtype = _DTYPES[name]
         if options.skip != "attention":
-            bench_attention(options.device, dtype, options.shapes, options.t_values, options.l_values,
-                            options.repeats)
+            with _out_of_memory_is_one_line(f"tree_attention ({name})", "--T or --L"):
+                bench_attention(options.device, dtype, options.shapes, options.t_values, options.l_values,
+                                options.repeats)
         if options.skip != "entropy":
-            bench_entropy(options.device, dtype, options.vocabs, options.rows, options.repeats)
+            with _out_of_memory_is_one_line(f"token_entropy ({name})", "--V or --N"):
+                bench_entropy(options.device, dtype, options.vocabs, options.rows, options.repeats)
     return 0
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_one_line(what: str, options: str):
+    """A tensor this machine cannot allocate (shapes within the bounds can still be too
+    big for it) becomes one EntmtpError line naming the options to lower."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one too
+        text = str(exc)
+        if not isinstance(exc, torch.cuda.OutOfMemoryError) and not any(
+                needle in text.lower() for needle in ("can't allocate", "cannot allocate", "not enough memory",
+                                                      "out of memory")):
+            raise  # not an allocation: a bug, reported as one
+        # The CPU allocator says "[enforce fail at ...] DefaultCPUAllocator: can't allocate memory: you
+        # tried to allocate N bytes. Error code 12 (...)": keep what was asked for.
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        if "you tried" in detail:
+            detail = detail[detail.find("you tried"):].split(". ")[0]
+        raise EntmtpError(f"benching {what} ran out of memory ({detail[:160].rstrip('. ')}); "
+                          f"give smaller {options}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,11 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="bf16,fp32", help=f"comma list of {_ALL_DTYPES}")
     parser.add_argument("--quick", action="store_true", help="a few shapes only (CI smoke)")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--T", help="override the T values (comma list)")
-    parser.add_argument("--L", help="override the prefix lengths")
-    parser.add_argument("--V", help="override the vocabulary sizes")
-    parser.add_argument("--N", help="override the logit row counts")
+    parser.add_argument("--repeats", type=int, default=7, help=f"interleaved rounds per row (1 to {MAX_REPEATS})")
+    parser.add_argument("--T", help=f"override the T values (comma list, 1 to {MAX_T})")
+    parser.add_argument("--L", help=f"override the prefix lengths (0 to {MAX_L})")
+    parser.add_argument("--V", help=f"override the vocabulary sizes (1 to {MAX_V})")
+    parser.add_argument("--N", help=f"override the logit row counts (1 to {MAX_N})")
     parser.add_argument("--skip", default=None, help="attention or entropy")
     args = parser.parse_args(argv)
     return run(bench_options(args.device, args.dtype, args.quick, args.repeats, args.T, args.L, args.V, args.N,

@@ -67,7 +67,10 @@ def open_results(cfg: BenchConfig, console: Console) -> tuple[Path, list[dict]]:
                              f"use the same flags to --resume, or another --out")
     if torn:
         # Rewrite without the torn line(s), so appends start on a line of their own.
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+        # Atomically: a Ctrl-C here must not cut the results already kept.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+        os.replace(tmp, path)
         console.print(f"[yellow]{torn} unreadable line(s) in {path} dropped; those prompts run again[/]")
     return path, done
 
@@ -77,7 +80,8 @@ def _read_results(path: Path) -> tuple[list[dict], int]:
     done, torn = [], 0
     if not path.exists():
         return done, torn
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a line torn inside a multi-byte character is one more unreadable line.
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

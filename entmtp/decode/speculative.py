@@ -328,12 +328,14 @@ class SpeculativeDecoder:
         if self.tree.max_depth > 0:
             self.signals.observe_draft(accepted, confidence)
         fitted = self.tree is not chosen
-        tree_name = self.tree.name if choice is None or fitted else policy.trees[choice].name
+        # Records name the tree the scheduler chose; a cut at the context's end shows in fitted_nodes.
+        tree_name = chosen.name if choice is None or choice < 0 else policy.trees[choice].name
         records.append(StepRecord(
             accepted, tree_name, observed[0], time.perf_counter() - step_start,
             confidence=confidence, path_value=observed[2] if len(observed) > 2 else None,
             scheduler_seconds=None if policy is None else scheduler_seconds,
-            modeled_ms=None if fitted else self._modeled_ms(choice, peeked is not None),
+            modeled_ms=self._modeled_ms(choice, peeked is not None),
+            fitted_nodes=self.tree.n_nodes if fitted else None,
             signals=(seen.entropy, seen.accept, seen.confidence, seen.probe),
             accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
         if fitted:
@@ -345,11 +347,13 @@ class SpeculativeDecoder:
         nodes. Canonical order puts parents first, so any prefix of the nodes is a tree
         (down to root-only); its nodes keep their indices, paths and ranks."""
         tree = self.tree
+        assert room >= 1, room  # generate() keeps room >= 2 while a token is still to come
         if tree.n_nodes <= room:
             return
         key = (tree, room)
         if key not in self._fitted:
-            self._fitted[key] = Tree(f"{tree.name}[:{room}]", tree.paths[:room - 1], tree.metadata)
+            # The name is for messages only; kept short enough for Tree's name check.
+            self._fitted[key] = Tree(f"{tree.name[:80]}[:{room}]", tree.paths[:room - 1], tree.metadata)
         self.set_tree(self._fitted[key])
 
     # ------------------------------------------------------------ tree choice

@@ -21,6 +21,7 @@ class StepRecord:
     modeled_ms: Optional[float] = None       # the chosen tree's calibrated step time (policies only)
     signals: Optional[tuple] = None          # (entropy EMA, accept EMA, confidence) seen before the step
     accepted_ranks: Optional[tuple] = None   # the accepted path as ranks per depth, () if none
+    fitted_nodes: Optional[int] = None       # nodes drafted when `tree` was cut to fit the context's end
 
 
 @dataclasses.dataclass

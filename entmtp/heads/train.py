@@ -135,6 +135,9 @@ def checkpoint_step(out_dir: Path) -> int | None:
         return None
 
 
+NOTHING_KEPT = "nothing was written"
+
+
 def kept_summary(out_dir: Path) -> str:
     """What an interrupted run left in `out_dir`, as the files on disk say."""
     out_dir = Path(out_dir)
@@ -144,7 +147,7 @@ def kept_summary(out_dir: Path) -> str:
     if step is not None:
         kept.append(f"the checkpoint at step {step}")
     if not kept:
-        return "nothing was written"
+        return NOTHING_KEPT
     if kept == ["the prompts"]:
         return f"only the prompts are in {out_dir} (the corpus is saved when complete, so it starts over)"
     listed = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]

@@ -8,18 +8,23 @@
 
 Cache layout, under cache_root()/models/ (one cache may serve several installs:
 two venvs, two checkouts):
-  * <name>/ -- a converted folder; a known model's name, or gguf-<stem>-<size>
-    for a .gguf file. Its `entmtp-import.json` marker records what it was built
-    from by content (size, sha256, IMPORT_FORMAT), never by path, so every
-    install holding the same GGUF sees it as current. The marker also names the
-    GGUF it was last converted from (`source`, for `source_gguf`), but that path
-    plays no part in deciding whether the folder is stale.
+  * <name>/ -- a converted folder; a known model's name, or, for a .gguf file,
+    gguf-<stem>-<first 12 hex digits of its sha256>: named by content, so two
+    different GGUFs with the same file name and size (ckpt1/model.gguf,
+    ckpt2/model.gguf) get two folders instead of reconverting one in turn (and
+    swapping it under a process that is loading it). Its `entmtp-import.json`
+    marker records what it was built from by content (size, sha256,
+    IMPORT_FORMAT), never by path, so every install holding the same GGUF sees it
+    as current. The marker also names the GGUF it was last converted from
+    (`source`, for `source_gguf`), but that path plays no part in deciding whether
+    the folder is stale.
   * .gguf-hashes.json -- sha256 of each GGUF seen, keyed by its resolved path and
     checked against its size, mtime, ctime and inode, so that an unchanged file
     is not hashed again on every start. Only a time saver: a missing or corrupt
     index is rebuilt.
   * .<name>.lock -- an fcntl lock taken only to convert (or to repoint `source`);
-    a start that finds its folder current takes no lock.
+    a start that finds its folder current takes no lock, and a current folder is
+    served even where the lock cannot be taken (a read-only cache).
   * .<name>.partial-<pid>-* -- a conversion in progress. The new folder, marker
     included, is built there and exchanged with <name>/ in one rename, so a
     reader that has seen <name>/ complete never sees it without its files.
@@ -96,7 +101,8 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     if path.is_dir():
         return path
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return _cached_conversion(path, models_dir() / _gguf_cache_name(path))
+        record = _content_record(path)
+        return _cached_conversion(path, models_dir() / _gguf_cache_name(path, record["sha256"]), record)
     known = KNOWN_MODELS.get(text.lower())
     if known is not None:
         return _resolve_known(known)
@@ -164,11 +170,12 @@ def _resolve_known(known: KnownModel) -> Path:
     return _cached_conversion(gguf, folder)
 
 
-def _gguf_cache_name(path: Path) -> str:
-    # Readable, and stable across installs; whether the folder is current is
-    # decided by the marker's content key, not by this name.
+def _gguf_cache_name(path: Path, sha256: str) -> str:
+    # Readable, stable across installs, and one folder per content: a name keyed
+    # by size alone would put two same-named, same-sized GGUFs in one folder. The
+    # marker's full content key still decides whether the folder is current.
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._") or "model"
-    return f"gguf-{stem}-{path.stat().st_size}"
+    return f"gguf-{stem}-{sha256[:12]}"
 
 
 def _content_record(gguf: Path) -> dict:
@@ -285,15 +292,28 @@ def _open_lock(lock_path: Path):
                           f"({exc.strerror or exc})") from None
 
 
-def _cached_conversion(gguf: Path, folder: Path) -> Path:
-    record = _content_record(gguf)
+def _cached_conversion(gguf: Path, folder: Path, record: dict | None = None) -> Path:
+    record = record if record is not None else _content_record(gguf)
     marker = _read_marker(folder)
     # Fast path, no lock: a folder that is already current (whichever install
     # converted it) is only read.
     if _matches(marker, record) and _recorded_source(marker) is not None:
         return folder
-    with _open_lock(folder.parent / f".{folder.name}.lock") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+    try:
+        lock_file = _open_lock(folder.parent / f".{folder.name}.lock")
+    except EntmtpError:
+        if _matches(marker, record):
+            # Current, but its `source` is gone and the cache is read-only: repointing
+            # `source` is only informational, so serve the folder as it is.
+            return folder
+        raise
+    with lock_file as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        except OSError as exc:  # a filesystem without locks
+            if _matches(marker, record):
+                return folder
+            raise EntmtpError(f"cannot lock the model cache {folder.parent} ({exc.strerror or exc})") from None
         # Another process may have finished the conversion while we waited.
         marker = _read_marker(folder)
         if _matches(marker, record):
@@ -302,8 +322,8 @@ def _cached_conversion(gguf: Path, folder: Path) -> Path:
                 # this copy instead, so that source_gguf keeps finding a GGUF.
                 try:
                     write_json(folder / MARKER, dict(marker, source=str(gguf.resolve())), indent=2)
-                except OSError:
-                    pass  # informational only
+                except (OSError, EntmtpError):
+                    pass  # informational only: the folder is current either way
             return folder
         # Leftovers of conversions killed outright (SIGKILL, power loss); no
         # live process can own them while we hold the lock.

@@ -20,10 +20,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from entmtp.errors import EntmtpError
+from entmtp.errors import EntmtpError, UsageError
 from entmtp.jsonfile import read_json
 from entmtp.schedule.bank import (
     BANK_FORMAT,
+    MAX_BANK_TREES,
     MIN_BIN_STEPS,
     RECOMMENDED,
     TABLE_SIGNALS,
@@ -233,6 +234,9 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
                self_rollout: Optional[Callable[[list[Candidate]], None]] = None) -> dict:
     """The bank document for a calibration. `self_rollout(trees)` sets each
     tree's accept_self_rollout by decoding with it (None: keep the biased values)."""
+    if not 1 <= bank_size <= MAX_BANK_TREES:  # load_bank refuses more: refused before any work, not after
+        raise UsageError(f"bank_size must be 1 to {MAX_BANK_TREES} (the most trees a bank file may hold), "
+                         f"got {bank_size}")
     steps = calibration["steps"]
     candidates = candidates_from(calibration, max_nodes)
     accept_hull = pareto(candidates, lambda c: c.accept_biased)

@@ -16,7 +16,8 @@ provenance: model, heads fingerprint, task, prompt ids, dtype, device, date.
 
 Decoding is the long part and is resumable: each decoded prompt is kept in
 `<out>.partial/` as it finishes (one file each, written atomically), and a rerun
-with the same options decodes only the prompts not kept yet.
+with the same options decodes only the prompts not kept yet. A rerun with other
+options is refused (naming them) rather than deleting those prompts.
 """
 from __future__ import annotations
 
@@ -142,6 +143,66 @@ def _prompt_file(index: int) -> str:
     return f"prompt-{index:05d}.pt"
 
 
+# The partial key's entries, as the option that sets each (None: not an option).
+_KEY_OPTIONS = {"format": None, "model": "--model", "heads": "--heads/--head-kind", "task": "--task",
+                "max_new_tokens": "--max-new-tokens", "superset_nodes": "--superset-nodes", "window": "--window",
+                "top_k": None, "dtype": "--dtype", "device": "--device"}
+
+
+def _earlier_key(folder: Path) -> dict | None:
+    """The key of the decoded prompts kept in `folder`, or None when it keeps none."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    try:
+        earlier = read_json(folder / _KEY_FILE)
+    except EntmtpError:
+        earlier = None
+    if not isinstance(earlier, dict):
+        raise EntmtpError(f"{folder} is not an unfinished calibration (no readable {_KEY_FILE}); "
+                          "remove it or choose another --out")
+    return earlier if any(folder.glob("prompt-*.pt")) else None
+
+
+def _shown(name: str, value) -> str:
+    if name == "model" and isinstance(value, dict):
+        return str(value.get("name", value))
+    return "(none)" if value is None else str(value)
+
+
+def check_partial(folder: Path | None, key: dict) -> None:
+    """Refuse to resume into `folder` when its decoded prompts were made under another
+    key: one UsageError naming each differing option with both values (rerunning with
+    other options must not silently delete minutes of decoding). Only the entries of
+    `key` are compared, so the CLI can check the options it knows before the model loads."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    earlier = _earlier_key(folder)
+    if earlier is None:
+        return
+    differing = [name for name in key if earlier.get(name) != key[name]]
+    if not differing:
+        return
+    n_kept = sum(1 for _ in folder.glob("prompt-*.pt"))
+    options = [name for name in differing if _KEY_OPTIONS.get(name)]
+    if not options:  # only what no option sets: another entmtp version's folder
+        raise UsageError(f"{folder} holds {n_kept} prompts decoded by another version of entmtp "
+                         f"({', '.join(f'{n} {_shown(n, earlier.get(n))}' for n in differing)}); delete {folder} "
+                         "to start over")
+    shown = "; ".join(f"{_KEY_OPTIONS[n]} {_shown(n, earlier.get(n))} there, {_shown(n, key[n])} now"
+                      for n in options)
+    raise UsageError(f"{folder} holds {n_kept} prompts decoded with other options ({shown}); rerun with the "
+                     f"options it was made with to resume, or delete {folder} to start over")
+
+
+def partial_key(*, task: str, max_new_tokens: int, superset_nodes: int, window: float, dtype_name: str,
+                **rest) -> dict:
+    """The partial key's entries known from the options alone (before the model loads);
+    `rest`: the others (model, heads, device), once known."""
+    return {"format": PARTIAL_FORMAT, **rest, "task": task, "max_new_tokens": max_new_tokens,
+            "superset_nodes": superset_nodes, "window": window, "top_k": DEFAULT_TOP_K, "dtype": dtype_name}
+
+
 class _Partial:
     """Decoded prompts of an unfinished calibration, under a key of everything that
     changes a prompt's steps (--limit is not part of it: prompt i is the same prompt)."""
@@ -150,15 +211,7 @@ class _Partial:
         self.folder = None if folder is None else Path(folder)
         if self.folder is None:
             return
-        if self.folder.is_dir() and any(self.folder.iterdir()):
-            try:
-                earlier = read_json(self.folder / _KEY_FILE)
-            except EntmtpError:
-                raise EntmtpError(f"{self.folder} is not an unfinished calibration (no readable {_KEY_FILE}); "
-                                  "remove it or choose another --out") from None
-            if earlier != key:
-                log(f"discarding the decoded prompts in {self.folder}: they were made with other options")
-                discard_partial(self.folder)
+        check_partial(self.folder, key)
         write_json(self.folder / _KEY_FILE, key, indent=1)
 
     def load(self, index: int, prompt_id: str) -> dict | None:
@@ -198,9 +251,9 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=top_k,
                                  signal_window=window)
     prompts = [loaded.tokenizer.encode_chat(r.prompt) for r in records]
-    key = {"format": PARTIAL_FORMAT, "model": model_fingerprint(loaded), "heads": heads_fingerprint(heads),
-           "task": task, "max_new_tokens": max_new_tokens, "superset_nodes": superset_nodes, "window": window,
-           "top_k": top_k, "dtype": dtype_name, "device": str(loaded.model.device)}
+    key = partial_key(model=model_fingerprint(loaded), heads=heads_fingerprint(heads), task=task,
+                      max_new_tokens=max_new_tokens, superset_nodes=superset_nodes, window=window,
+                      dtype_name=dtype_name, device=str(loaded.model.device))
     store = _Partial(partial, key, log)
     log(f"calibrating {heads_kind} on {len(prompts)} {task} calibration prompts "
         f"(superset tree of {superset.n_nodes - 1} nodes, {max_new_tokens} new tokens)")
