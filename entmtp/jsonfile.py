@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from entmtp.errors import EntmtpError
+from entmtp.outputs import write_atomically
 
 
 def read_text(path: str | os.PathLike, where: Optional[str] = None) -> str:
@@ -47,9 +48,5 @@ def read_json(path: str | os.PathLike, where: Optional[str] = None) -> Any:
 def write_json(path: str | os.PathLike, document: Any, **dumps: Any) -> Path:
     """Write `document` so that readers see the old file or the whole new one, never
     a torn one (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, **dumps) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(document, **dumps) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

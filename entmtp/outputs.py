@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from entmtp.errors import EntmtpError, UsageError
 
@@ -57,4 +58,20 @@ def check_output_folder(path: str | os.PathLike, what: str, empty: bool = False)
     if empty and path.is_dir() and any(path.iterdir()):
         raise UsageError(f"{what} {path} is not empty; remove it or choose another folder")
     _check_writable_folder(path, what, path)
+    return path
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Run `write(tmp)` on a temporary file beside `path`, then rename it over `path`:
+    readers (and a Ctrl-C mid-write) see the old file or the whole new one, never a
+    torn one. The folder is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

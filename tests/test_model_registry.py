@@ -361,14 +361,21 @@ def test_corrupt_hash_index_is_rebuilt(fresh_home, tiny_gguf, monkeypatch, garba
     assert json.loads(index.read_text())["files"][str(path.resolve())]["sha256"] == sha256_of(path)
 
 
-def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, tmp_path, monkeypatch):
-    # A known model's folder keeps its name: a changed GGUF rebuilds it in place.
+def _default_model_about_to_change(tiny_gguf, tmp_path, monkeypatch):
+    """The default model converted from one GGUF, its install then switched to another of
+    the same size and new bytes: the next resolve rebuilds the folder. -> (folder, new GGUF)."""
     path, _ = tiny_gguf()
     changed, _ = tiny_gguf("changed.gguf", seed=1)
     installs, current = serve_default_from(monkeypatch, tmp_path, {"a": path, "b": changed})
     current["gguf"] = installs["a"]
     folder = reg.resolve_model(None)
-    current["gguf"] = installs["b"]  # same size, new bytes: the next resolve rebuilds the folder
+    current["gguf"] = installs["b"]
+    return folder, changed
+
+
+def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, tmp_path, monkeypatch):
+    # A known model's folder keeps its name: a changed GGUF rebuilds it in place.
+    folder, changed = _default_model_about_to_change(tiny_gguf, tmp_path, monkeypatch)
     converting, checked_during, stop = threading.Event(), threading.Event(), threading.Event()
     violations, checks = [], [0]
 
@@ -407,15 +414,9 @@ def test_reader_never_sees_a_partial_folder(fresh_home, tiny_gguf, tmp_path, mon
     assert marker_of(folder)["sha256"] == sha256_of(changed)
 
 
-
 def test_rebuild_without_atomic_exchange(fresh_home, tiny_gguf, tmp_path, monkeypatch):
     # Where renameat2's exchange is missing: the old folder is moved aside, then replaced.
-    path, _ = tiny_gguf()
-    changed, _ = tiny_gguf("changed.gguf", seed=1)
-    installs, current = serve_default_from(monkeypatch, tmp_path, {"a": path, "b": changed})
-    current["gguf"] = installs["a"]
-    folder = reg.resolve_model(None)
-    current["gguf"] = installs["b"]
+    folder, changed = _default_model_about_to_change(tiny_gguf, tmp_path, monkeypatch)
     monkeypatch.setattr(reg, "_rename_exchange", lambda a, b: False)
     assert reg.resolve_model(None) == folder
     assert marker_of(folder)["sha256"] == sha256_of(changed) and (folder / "model.safetensors").is_file()

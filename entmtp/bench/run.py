@@ -37,7 +37,7 @@ from entmtp.bench.contenders import (
 )
 from entmtp.bench.summary import live_table, summarize, summary_markdown
 from entmtp.errors import EntmtpError, Interrupted, UsageError
-from entmtp.outputs import check_output_folder
+from entmtp.outputs import check_output_folder, write_atomically
 
 RESULTS = "results.jsonl"
 
@@ -68,9 +68,8 @@ def open_results(cfg: BenchConfig, console: Console) -> tuple[Path, list[dict]]:
     if torn:
         # Rewrite without the torn line(s), so appends start on a line of their own.
         # Atomically: a Ctrl-C here must not cut the results already kept.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
-        os.replace(tmp, path)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+        write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         console.print(f"[yellow]{torn} unreadable line(s) in {path} dropped; those prompts run again[/]")
     return path, done
 
@@ -167,7 +166,8 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
 
 def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records: list[dict], results_path: Path,
                       dtype, device) -> list[dict]:
-    """Load the model and every contender, warm them up, then measure what is not done yet."""
+    """Load the model and every contender, warm them up, then measure what is not done yet
+    (appending each result to results.jsonl as it finishes)."""
     from entmtp.model.loader import load_model
 
     loaded = load_model(cfg.model, dtype, device)
@@ -201,14 +201,7 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
                         console=console)
     bar = progress.add_task("bench", total=total)
     settings = cfg.settings()
-    _measure(cfg, prompts, contenders, records, done, results_path, progress, bar, settings, tokenizer, eos)
-    return records
-
-
-def _measure(cfg: BenchConfig, prompts: dict, contenders: list, records: list[dict], done: set, results_path: Path,
-             progress: Progress, bar, settings: dict, tokenizer, eos: set[int]) -> None:
-    """Every (prompt, contender) not yet in results.jsonl, interleaved prompt by prompt."""
-    console = progress.console
+    # Every (prompt, contender) not yet in results.jsonl, interleaved prompt by prompt.
     with Live(progress, console=console, refresh_per_second=4) as live:
         for task, task_prompts in prompts.items():
             for record in task_prompts:
@@ -233,6 +226,7 @@ def _measure(cfg: BenchConfig, prompts: dict, contenders: list, records: list[di
                     records.append(result)
                     progress.advance(bar)
                     live.update(Group(progress, live_table(task, records)))
+    return records
 
 
 def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console: Console) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from entmtp.heads.formats import save_heads
 from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.jsonfile import read_json, write_json
 from entmtp.model.loader import LoadedModel
+from entmtp.outputs import write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +114,8 @@ def _read_prompts_file(path: Path) -> dict:
 
 
 def _torch_save(obj, path: Path) -> None:
-    # A temporary file and a rename: Ctrl-C mid-save leaves the previous file, never a torn one.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # Ctrl-C mid-save leaves the previous file, never a torn one.
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _torch_load(path: Path, remedy: str, weights_only: bool):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -36,6 +35,7 @@ from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import calibration_heads, heads_fingerprint, load_model_heads
 from entmtp.jsonfile import read_json, write_json
 from entmtp.model.loader import LoadedModel, load_model, model_fingerprint, parse_dtype, resolve_device
+from entmtp.outputs import write_atomically
 from entmtp.schedule.signals import DEFAULT_WINDOW
 from entmtp.trees.growth import node_acceptance, superset_tree
 from entmtp.trees.tree import tree_from_paths
@@ -227,10 +227,8 @@ class _Partial:
     def save(self, index: int, saved: dict) -> None:
         if self.folder is None:
             return
-        path = self.folder / _prompt_file(index)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(saved, tmp)
-        os.replace(tmp, path)  # Ctrl-C mid-save leaves no half a prompt
+        # Ctrl-C mid-save leaves no half a prompt.
+        write_atomically(self.folder / _prompt_file(index), lambda tmp: torch.save(saved, tmp))
 
 
 def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_path: Optional[str] = None,
