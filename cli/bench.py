@@ -35,6 +35,9 @@ def bench(
     plot: bool = typer.Option(False, "--plot", help="Also write PNG plots (needs matplotlib)."),
     analysis: bool = typer.Option(False, "--analysis", help="Also write analysis.md/json: Pearson r of each "
                                   "signal with accepted length, tree share, schedulers vs the oracle, goals."),
+    cost_curve: Path | None = typer.Option(None, "--cost-curve", help="Bank methods: derive each task's bank on "
+                                           "this cost-curve file instead of this machine's (measured on first use, "
+                                           "then cached)."),
 ) -> None:
     """Speed and quality of every method and peer on the benchmark tasks, side by side."""
     from rich.console import Console
@@ -46,10 +49,18 @@ def bench(
     if data is not None and split is not None:
         raise UsageError("--split does not go with --data: all the records of your own data are evaluated")
     split = split or "evaluation"
+    if cost_curve is not None:
+        from entmtp.bench.contenders import BANK_METHODS, parse_method
+        from entmtp.tune.loading import check_cost_option
+
+        if not any(parse_method(m.strip())[0] in BANK_METHODS for m in methods.split(",") if m.strip()):
+            raise UsageError("--cost-curve goes with bank methods (entmtp, entropy, rate..., static-best, oracle); "
+                             "--methods has none")
+        check_cost_option(str(cost_curve))
     cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
                       data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                       dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,
-                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis)
+                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis, cost_curve=cost_curve)
     console = Console(stderr=True)
     summary = run_bench(cfg, console)
     # Piped output gets a wide table rather than rich's 80-column wrapping.

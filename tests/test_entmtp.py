@@ -305,11 +305,15 @@ def test_trees_build_show_and_task_warning(capsys, tmp_path):
                              "--rollout-prompts", "0", "--task", "humaneval", "--max-nodes", "20")
     assert code == 0, err
     assert "calibration" in err and "'gsm8k', not 'humaneval'" in err and "warning" in err
-    assert "static best" in stdout and out.is_file()
-    assert json.loads(out.read_text())["name"] == "m-hydra-humaneval"
+    assert "bank source of 600 calibration steps" in stdout and out.is_file()
+    source = json.loads(out.read_text())
+    assert source["name"] == "m-hydra-humaneval" and source["format"] == "entmtp-bank-source/1"
+    assert "cost_curve" not in source and source["rollouts"] == []
+    # Shown as derived on a cost curve (the tests' committed one: $ENTMTP_COST_CURVE).
     code, stdout, err = _cli(capsys, "trees", "show", str(out))
     assert code == 0, err
     assert "bank m-hydra-humaneval" in stdout and "static-best" in stdout and "entropy ladder" in stdout
+    assert "cost curve (file" in stdout
 
 
 def test_bank_commands_turn_bad_input_into_one_line(capsys, tmp_path, prompt_file, synthetic_bank):
@@ -410,7 +414,7 @@ def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir,
     out = tmp_path / "cal.json"
     code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--task", "humaneval",
                              "--head-kind", "medusa", "--limit", "1", "--max-new-tokens", "10",
-                             "--superset-nodes", "6", "--repeats", "1", "--out", str(out))
+                             "--superset-nodes", "6", "--out", str(out))
     assert code == 0, err
     document = json.loads(out.read_text())
     provenance = document["provenance"]
@@ -422,13 +426,7 @@ def test_calibrate_records_steps_costs_and_provenance(capsys, default_model_dir,
     assert all(len(r) == a for r, a in zip(steps["accepted_ranks"], steps["accepted"]))
     assert all(tuple(r[:k + 1]) in {tuple(p) for p in document["superset"]}
                for r in steps["accepted_ranks"] for k in range(len(r)))
-    curve = document["cost_curve"]
-    assert any(p.get("peek") for p in curve) and any(p["nodes"] == 0 and not p.get("peek") for p in curve)
+    assert "cost_curve" not in document   # nothing is timed: a step's cost is measured per machine at use
     assert len(document["probe"]["weights"]) == 577 and len(steps["probe"]) == len(steps["accepted"])
-    assert all(p["ms"] > 0 for p in curve)
-    # --recost keeps the statistics and re-times the curve.
-    code, stdout, err = _cli(capsys, "calibrate", "--model", str(default_model_dir), "--recost", str(out),
-                             "--repeats", "1")
-    assert code == 0, err
-    again = json.loads(out.read_text())
-    assert again["steps"] == steps and "cost_date" in again["provenance"]
+    # The superset holds every shipped tree the heads can draft.
+    assert {tuple(p) for p in load_tree("mc_sim_7b_63").paths} <= {tuple(p) for p in document["superset"]}

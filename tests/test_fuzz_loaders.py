@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entmtp.errors import EntmtpError
-from entmtp.schedule.bank import bank_dir, bank_policy, check_bank_provenance, list_banks, load_bank
+from entmtp.schedule.bank import bank_dir, bank_from_document, bank_policy, check_bank_provenance, list_banks, load_bank
 from entmtp.schedule.policies import DRAFT
 from entmtp.schedule.signals import Signals
 from entmtp.schedule.spec import RATE_SIGNALS
 from entmtp.trees.files import load_tree
 from entmtp.trees.tree import MAX_DEPTH, MAX_RANK, SHIPPED_TREES_PACKAGE
+from entmtp.tune.loading import read_any_bank
+from entmtp.tune.source import derive_bank, is_source
 
 CPU = torch.device("cpu")
 # The same inputs on every run (no flaky failures in a shared suite, no .hypothesis folder);
@@ -178,7 +181,19 @@ def test_tree_loader_on_deep_nesting(tmp_path, depth, where, as_object):
 # --------------------------------------------------------------------------- raw files and names
 
 SHIPPED_TREE_TEXT = importlib.resources.files(SHIPPED_TREES_PACKAGE).joinpath("mc_sim_7b_63.json").read_text("utf-8")
-SHIPPED_BANK_TEXTS = {name: bank_dir().joinpath(name + ".json").read_text(encoding="utf-8") for name in list_banks()}
+# The shipped banks are machine-free sources; the banks fuzzed here are the ones they derive on
+# the tests' committed cost curve (what a pinned bank file holds), built once.
+SHIPPED_SOURCE_TEXTS = {name: bank_dir().joinpath(name + ".json").read_text(encoding="utf-8") for name in list_banks()}
+TEST_CURVE = json.loads((Path(__file__).parent / "data" / "cost-curve.json").read_text())["curve"]
+SHIPPED_BANK_TEXTS = {name: json.dumps(derive_bank(json.loads(text), TEST_CURVE))
+                      for name, text in SHIPPED_SOURCE_TEXTS.items()
+                      if name.endswith(("gsm8k", "litbench"))}
+
+
+def load_any(path):
+    """What `--bank FILE` does with a file: a bank as it is, a source derived (here on the test curve)."""
+    document, where = read_any_bank(path)
+    return bank_from_document(derive_bank(document, TEST_CURVE) if is_source(document) else document, where)
 
 
 @st.composite
@@ -286,9 +301,22 @@ def check_bank_file(tmp_path, content) -> None:
 
 
 def test_every_shipped_bank_survives_the_property(tmp_path):
-    for name, text in SHIPPED_BANK_TEXTS.items():
-        use_bank(load_bank(name))
+    for name in SHIPPED_SOURCE_TEXTS:
+        use_bank(load_any(bank_dir().joinpath(name + ".json")))
+    for text in SHIPPED_BANK_TEXTS.values():
         check_bank_file(tmp_path, text)
+
+
+@settings(max_examples=25, **FUZZ)
+@given(data=st.data())
+def test_source_loader_on_mutated_shipped_sources(tmp_path, data):
+    """One to three fields of a shipped source, anywhere in it, broken (as for banks):
+    it loads and derives a bank every scheduler runs on, or one clear error."""
+    document = json.loads(SHIPPED_SOURCE_TEXTS["smollm2-135m-instruct-medusa-litbench"])
+    mutate(document, data)
+    bank = one_line_error_or_value(load_any, write(tmp_path, document))
+    if bank is not None:
+        use_bank(bank)
 
 
 @settings(max_examples=120, **FUZZ)
@@ -341,6 +369,11 @@ def test_bank_loader_on_mutated_shipped_banks(tmp_path, name, data):
     """One to three fields of a shipped bank, anywhere in it, deleted, retyped, made nan,
     negative or huge, truncated, or changed into something of the same kind."""
     document = json.loads(SHIPPED_BANK_TEXTS[name])
+    mutate(document, data)
+    check_bank_file(tmp_path, document)
+
+
+def mutate(document, data) -> None:
     for _ in range(data.draw(st.integers(1, 3))):
         parent, key = None, None
         node = document
@@ -356,7 +389,6 @@ def test_bank_loader_on_mutated_shipped_banks(tmp_path, name, data):
             del parent[key]
         else:
             parent[key] = plausible(node, data.draw) if change == "plausible" else mutated(node, data.draw)
-    check_bank_file(tmp_path, document)
 
 
 # --------------------------------------------------------------------------- what the fuzzer found

@@ -57,9 +57,13 @@ def test_an_unknown_bank_name_is_a_usage_mistake_but_a_bad_bank_file_is_not(tmp_
 
 
 def test_a_tree_the_bank_lacks_is_a_usage_mistake():
-    from entmtp.schedule.bank import bank_policy, list_banks, load_bank
+    from entmtp.schedule.bank import bank_from_document, bank_policy, list_banks, read_bank_document
+    from entmtp.tune.source import derive_bank
 
-    bank = load_bank(list_banks()[0])
+    source, where = read_bank_document(list_banks()[0])
+    curve = [{"nodes": 0, "depth": 0, "ms": 20.0}, {"nodes": 1, "depth": 1, "ms": 40.0},
+             {"nodes": 64, "depth": 4, "ms": 400.0}]
+    bank = bank_from_document(derive_bank(source, curve), where)
     assert bank_policy(bank, "static", tree=bank.trees[0].name).trees == (bank.trees[0],)
     with pytest.raises(UsageError, match=f"bank '{bank.name}' has no tree 'nope'; its trees: n0") as caught:
         bank_policy(bank, "static", tree="nope")
@@ -67,11 +71,11 @@ def test_a_tree_the_bank_lacks_is_a_usage_mistake():
 
 
 def test_a_missing_shipped_bank_names_the_model_heads_and_task():
-    from entmtp.schedule.bank import list_banks, load_shipped_bank
+    from entmtp.schedule.bank import list_banks, shipped_bank_document
 
-    bank = load_shipped_bank("smollm2-135m-instruct", "hydra", "gsm8k")
-    assert bank.name == "smollm2-135m-instruct-hydra-gsm8k" and bank.name in list_banks()
+    document, where = shipped_bank_document("smollm2-135m-instruct", "hydra", "gsm8k")
+    assert document["name"] == "smollm2-135m-instruct-hydra-gsm8k" and document["name"] in list_banks()
     with pytest.raises(UsageError, match="no shipped bank for model 'my-llama' with medusa heads on task 'gsm8k'; "
                                          r"calibrate one \(entmtp calibrate --task gsm8k") as caught:
-        load_shipped_bank("my-llama", "medusa", "gsm8k")
+        shipped_bank_document("my-llama", "medusa", "gsm8k")
     assert caught.value.exit_code == 2 and "unknown bank" not in str(caught.value)

@@ -29,11 +29,13 @@ class BenchConfig:
     resume: bool = False
     plot: bool = False
     analysis: bool = False
+    cost_curve: Path | None = None     # bank sources: derive on this curve file instead of the machine's
 
     def settings(self) -> dict:
         """What must match for --resume to add to an existing results.jsonl."""
         return {"model": self.model, "data": str(self.data) if self.data else None, "split": self.split,
-                "max_new_tokens": self.max_new_tokens, "dtype": self.dtype, "device": self.device}
+                "max_new_tokens": self.max_new_tokens, "dtype": self.dtype, "device": self.device,
+                "cost_curve": str(self.cost_curve) if self.cost_curve else None}
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:

@@ -100,7 +100,7 @@ class BankContender(OurContender):
     task (each bank's buffers once) and share one copy of the heads."""
 
     def __init__(self, name: str, loaded: LoadedModel, heads: str | None = None,
-                 banks: dict[str, str] | None = None):
+                 banks: dict[str, str] | None = None, cost_curve: str | None = None):
         from entmtp.heads.shipped import load_model_heads
 
         base, kind = parse_method(name)
@@ -112,6 +112,7 @@ class BankContender(OurContender):
         self.scheduler, self.signal = (spec.scheduler, spec.signal) if spec else (None, None)
         self.heads_path = heads
         self.banks = banks or {}
+        self.cost_curve = cost_curve
         self.heads = load_model_heads(loaded, kind, heads)
         self._decoders: dict[str, object] = {}
         self.decoder = None
@@ -121,7 +122,7 @@ class BankContender(OurContender):
 
         if task not in self._decoders:
             options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
-                                    signal=self.signal, head_kind=self.kind, task=task)
+                                    signal=self.signal, head_kind=self.kind, task=task, cost_curve=self.cost_curve)
             self._decoders[task] = make_bank_decoder(self.loaded, options, heads=self.heads)
         self.decoder = self._decoders[task]
 
@@ -194,7 +195,7 @@ class LlamaCppContender:
 
 
 def make_contender(name: str, loaded: LoadedModel, dtype: torch.dtype, device: torch.device,
-                   heads: dict[str, str] | None = None):
+                   heads: dict[str, str] | None = None, cost_curve: str | None = None):
     base, _ = parse_method(name)
     if base in ("transformers", "transformers-pld"):
         return TransformersContender(name, loaded, dtype, device)
@@ -203,7 +204,7 @@ def make_contender(name: str, loaded: LoadedModel, dtype: torch.dtype, device: t
             raise PeerMissing("the llama-cpp peer runs on the CPU only")
         return LlamaCppContender(name, loaded, torch.get_num_threads())
     if base in BANK_METHODS:
-        return BankContender(name, loaded, (heads or {}).get(parse_method(name)[1]))
+        return BankContender(name, loaded, (heads or {}).get(parse_method(name)[1]), cost_curve=cost_curve)
     return OurContender(name, loaded, (heads or {}).get(base))
 
 

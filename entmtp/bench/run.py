@@ -37,6 +37,7 @@ from entmtp.bench.contenders import (
 )
 from entmtp.bench.summary import live_table, summarize, summary_markdown
 from entmtp.errors import EntmtpError, Interrupted, UsageError
+from entmtp.jsonfile import read_json, write_json
 from entmtp.outputs import check_output_folder, write_atomically
 
 RESULTS = "results.jsonl"
@@ -154,6 +155,8 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
                           f"one in progress was dropped; rerun the same command with --resume to continue") from None
 
     summary = summarize(records, cfg, machine_facts(cfg.device))
+    if (cfg.out / "banks.json").exists():
+        summary["banks"] = {m: b for m, b in read_json(cfg.out / "banks.json").items() if m in cfg.methods}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (cfg.out / "summary.md").write_text(summary_markdown(summary))
     if cfg.plot:
@@ -174,7 +177,8 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
     contenders = []
     for name in cfg.methods:
         try:
-            contenders.append(make_contender(name, loaded, dtype, device))
+            contenders.append(make_contender(name, loaded, dtype, device,
+                                             cost_curve=str(cfg.cost_curve) if cfg.cost_curve else None))
         except PeerMissing as exc:
             console.print(f"[yellow]skipping {name}: {exc}[/]")
     if not contenders:
@@ -183,13 +187,24 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
         console.print("[yellow]--exact-check in bf16: block forwards can flip a near-tied argmax; "
                       "the contract is checked in fp32 (--dtype fp32)[/]")
 
-    # Bank methods load (and check) every task's bank now, so a missing or foreign bank stops us early.
+    # Bank methods load (and check) every task's bank now, so a missing or foreign bank stops us
+    # early; banks.json says which trees each was derived with, and on which cost curve.
+    banks: dict[str, dict] = {}
     for contender in contenders:
-        for task in prompts:
-            if hasattr(contender, "set_task"):
-                contender.set_task(task)
         if hasattr(contender, "set_task"):
+            for task in prompts:
+                contender.set_task(task)
+                banks.setdefault(contender.name, {})[task] = bank_summary(contender.decoder.bank)
             contender.set_task(next(iter(prompts)))
+    if banks:
+        _check_same_banks(cfg, banks)
+        write_json(cfg.out / "banks.json", banks, indent=1)
+        for name, per_task in banks.items():
+            for task, bank in per_task.items():
+                cost = bank["cost"]
+                console.print(f"{name} on {task}: trees {', '.join(t['name'] for t in bank['trees'])}, recommended "
+                              f"{bank['recommended']}; cost curve: {cost.get('origin', 'built into the bank')}"
+                              + (f", {cost.get('cpu_class')}, {cost.get('date')}" if cost else ""))
     tokenizer, eos = loaded.tokenizer, set(loaded.eos_token_ids)
     warm_ids = tokenizer.encode_chat("Say hello.")
     for contender in contenders:
@@ -227,6 +242,36 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
                     progress.advance(bar)
                     live.update(Group(progress, live_table(task, records)))
     return records
+
+
+def _check_same_banks(cfg: BenchConfig, banks: dict) -> None:
+    """--resume adds to results measured with banks derived on one cost curve: refuse
+    when the banks derived now differ (the machine's curve was re-measured meanwhile, or
+    another machine), rather than mix two in one table."""
+    path = cfg.out / "banks.json"
+    if not (cfg.resume and path.exists()):
+        return
+    earlier = read_json(path)
+
+    def trees(entry: dict) -> list:
+        return [t["name"] for t in entry.get("trees", [])]
+    for method, per_task in banks.items():
+        for task, bank in per_task.items():
+            before = earlier.get(method, {}).get(task)
+            if before is not None and trees(before) != trees(bank):
+                raise UsageError(f"--resume: {method} on {task} now derives trees {', '.join(trees(bank))}, but the "
+                                 f"results in {cfg.out} were measured with {', '.join(trees(before))} (the cost "
+                                 "curve changed); use another --out, or --cost-curve with the earlier curve")
+
+
+def bank_summary(bank) -> dict:
+    """What banks.json keeps of a bank a method ran: its trees, choices and cost curve."""
+    return {"name": bank.name, "trees": [{"name": t.name, "nodes": t.n_nodes - 1, "depth": t.max_depth,
+                                          "step_ms": round(ms, 3), "accept": round(a, 4)}
+                                         for t, ms, a in zip(bank.trees, bank.step_ms, bank.accept)],
+            "static_best": bank.trees[bank.static_best].name, "recommended": str(bank.recommended),
+            "ladder": [bank.trees[i].name for i in bank.ladder[0]], "cost": dict(bank.cost),
+            "cost_curve": list(bank.cost_curve)}
 
 
 def write_analysis(records: list[dict], summary: dict, cfg: BenchConfig, console: Console) -> None:

@@ -11,9 +11,10 @@ from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, METHO
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import heads_fingerprint, load_draft_vocab, load_model_heads
 from entmtp.model.loader import LoadedModel, model_fingerprint
-from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance, load_bank, load_shipped_bank
+from entmtp.schedule.bank import RECOMMENDED, bank_policy, check_bank_provenance
 from entmtp.schedule.spec import SchedulerSpec
 from entmtp.trees.files import load_tree
+from entmtp.tune.loading import bank_document, bank_for_machine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class MethodOptions:
     signal: Optional[str] = None
     head_kind: str = DEFAULT_HEAD_KIND
     task: str = DEFAULT_TASK
+    # A bank source's cost curve: None = this machine's (cached, or measured on first
+    # use; entmtp.tune.machine_cost), or an entmtp-cost-curve/1 file.
+    cost_curve: Optional[str] = None
 
 
 def make_decoder(method: str, loaded: LoadedModel, options: MethodOptions = MethodOptions()):
@@ -64,14 +68,20 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
 
     The bank must have been calibrated for this model and these heads (checked
     against its provenance); `heads` may be passed in already loaded."""
-    bank = (load_bank(options.bank) if options.bank
-            else load_shipped_bank(loaded.folder.name, options.head_kind, options.task))
-    kind = bank.provenance.get("heads", {}).get("kind")
+    document, where = bank_document(loaded, options.bank, options.head_kind, options.task)
+    provenance = document["provenance"]
+    kind = provenance.get("heads", {}).get("kind")
     if kind not in ("medusa", "hydra"):
-        raise EntmtpError(f"bank {bank.name!r} does not say which heads it was built for")
+        raise EntmtpError(f"{where} does not say which heads it was built for")
     if heads is None:
         heads = load_model_heads(loaded, kind, options.heads)
-    check_bank_provenance(bank, model_fingerprint(loaded), heads_fingerprint(heads), heads.kind)
+    top_k = provenance["heads"].get("top_k", options.top_k)
+    vocab = load_draft_vocab(loaded, kind, options.heads, options.draft_vocab)
+    # Checked before a source's cost curve is measured (a minute) for foreign heads.
+    check_bank_provenance(_Named(document["name"], provenance), model_fingerprint(loaded), heads_fingerprint(heads),
+                          heads.kind)
+    bank = bank_for_machine(loaded, heads, document, where, top_k=top_k, draft_vocab=vocab,
+                            cost_file=options.cost_curve)
     # Without --scheduler: the bank's recommendation (chosen on its calibration steps);
     # `--scheduler rate` without --signal: the bank's recommended signal.
     # --signal alone means the rate scheduler with that signal, whatever the bank recommends.
@@ -81,12 +91,17 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
         spec = SchedulerSpec("rate", options.signal) if options.signal else bank.recommended
     spec = spec.with_signal(bank.recommended.signal or RECOMMENDED.signal)
     policy = bank_policy(bank, spec.scheduler, spec.signal or RECOMMENDED.signal, options.tree)
-    top_k = bank.provenance.get("heads", {}).get("top_k", options.top_k)
     label = f"entmtp-{spec.method}"
     verify = _verify_config(options)
-    vocab = load_draft_vocab(loaded, kind, options.heads, options.draft_vocab)
     decoder = SpeculativeDecoder(loaded.model, heads, policy.trees[0], verify, top_k=top_k,
                                  method=_label(label, verify, vocab), policy=policy,
                                  signal_window=bank.window, draft_vocab=vocab)
     decoder.bank = bank
     return decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """What check_bank_provenance reads of a bank, from a document not yet loaded."""
+    name: str
+    provenance: dict

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from entmtp.errors import EntmtpError, UsageError
+from entmtp.schedule.cost import check_points
 from entmtp.schedule.policies import BinnedPolicy, JointPolicy, OraclePolicy, PeekPolicy, StaticPolicy, TreePolicy
 from entmtp.schedule.signals import SIGNALS
 from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS, SchedulerSpec
@@ -24,6 +25,7 @@ from entmtp.trees.growth import path_key
 from entmtp.trees.tree import MAX_DEPTH, MAX_RANK, SHIPPED_TREES_PACKAGE, Tree, check_name, short_repr, tree_from_paths
 
 BANK_FORMAT = "entmtp-bank/1"
+SOURCE_FORMAT = "entmtp-bank-source/1"   # entmtp.tune.source: a bank without its machine's cost
 # Calibration tables are binned by every signal known before the step, and by "now"
 # (head 0's top-1 probability at this step's root, read after head 0 runs: PeekPolicy).
 TABLE_SIGNALS = SIGNALS + ("now",)
@@ -31,6 +33,9 @@ RECOMMENDED = SchedulerSpec("rate", "now")   # what a bank recommends until its 
 MIN_BIN_STEPS = 30                     # fewer calibration steps: fall back to the overall table
 _BANK_KEYS = {"format", "name", "provenance", "window", "trees", "static_best", "hulls", "signals",
               "tables", "ladder", "cost_curve", "peek_ms", "probe", "recommended", "calibration_rates"}
+# Optional: what the cost curve is (machine facts, date, origin), in a bank derived at
+# load from a machine-free source (entmtp.tune.source) for this machine.
+_OPTIONAL_BANK_KEYS = {"cost"}
 _TREE_KEYS = {"name", "paths", "nodes", "depth", "accept_biased", "accept_self_rollout", "step_ms",
               "predicted_tokens_per_second"}
 
@@ -76,6 +81,7 @@ class Bank:
     hulls: Mapping[str, tuple[tuple[int, int, float], ...]]   # "accept" / "throughput" -> (nodes, depth, value)
     calibration_rates: Mapping[str, float]                   # scheduler -> modeled tok/s on calibration steps
     cost_curve: tuple[Mapping[str, Any], ...]
+    cost: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # the curve's machine, date, origin
 
     def index(self, tree_name: str) -> int:
         for i, tree in enumerate(self.trees):
@@ -104,7 +110,7 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _number(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
+def checked_number(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
     number = _finite(value)
     if number is None or not low <= number <= high:
         bounds = ([f">= {low:g}"] if low > -math.inf else []) + ([f"<= {high:g}"] if high < math.inf else [])
@@ -119,7 +125,7 @@ def _integer(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
-def _object(value: Any, what: str) -> dict:
+def checked_object(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
         raise EntmtpError(f"{what} must be an object, not {type(value).__name__}")
     return value
@@ -129,7 +135,7 @@ def _edges(value: Any, what: str) -> list[float]:
     """Bin edges: a strictly increasing list of at most MAX_BINS finite numbers."""
     if not isinstance(value, list) or len(value) > MAX_BINS:
         raise EntmtpError(f"{what} must be a list of at most {MAX_BINS} numbers")
-    edges = [_number(v, what, -math.inf) for v in value]
+    edges = [checked_number(v, what, -math.inf) for v in value]
     if any(b <= a for a, b in itertools.pairwise(edges)):
         raise EntmtpError(f"{what} must be strictly increasing, got {short_repr(edges)}")
     return edges
@@ -140,18 +146,18 @@ def _tables(value: Any, what: str, count: int) -> list:
     if not isinstance(value, list) or len(value) != count:
         raise EntmtpError(f"{what} must be a list of {count} tables (one per bin), not {short_repr(value)}")
     for table in value:
-        _object(table, what + " entries")
+        checked_object(table, what + " entries")
         _integer(table.get("steps"), what + " steps", 0, 2**53)
-        for p in _object(table.get("p"), what + " 'p'").values():
-            _number(p, what + " probabilities", 0.0, 1.0)
+        for p in checked_object(table.get("p"), what + " 'p'").values():
+            checked_number(p, what + " probabilities", 0.0, 1.0)
     return value
 
 
-def _provenance(value: Any, where: str, trees: Sequence[Tree]) -> dict:
+def checked_provenance(value: Any, where: str, trees: Sequence[Tree]) -> dict:
     """What the decoder, the provenance check and `trees show` read from the provenance."""
-    provenance = _object(value, f"{where}: 'provenance'")
-    model = _object(provenance.get("model", {}), f"{where}: provenance 'model'")
-    heads = _object(provenance.get("heads", {}), f"{where}: provenance 'heads'")
+    provenance = checked_object(value, f"{where}: 'provenance'")
+    model = checked_object(provenance.get("model", {}), f"{where}: provenance 'model'")
+    heads = checked_object(provenance.get("heads", {}), f"{where}: provenance 'heads'")
     if model.get("hidden_size") is not None:
         _integer(model["hidden_size"], f"{where}: provenance model hidden_size", 1, 1 << 20)
     if not isinstance(heads.get("kind", ""), str):
@@ -169,18 +175,26 @@ def _provenance(value: Any, where: str, trees: Sequence[Tree]) -> dict:
     return provenance
 
 
-def bank_from_document(document: Any, where: str) -> Bank:
-    if not isinstance(document, dict):
-        raise EntmtpError(f"{where}: the top level must be a JSON object, not {type(document).__name__}")
-    if document.get("format") != BANK_FORMAT:
-        raise EntmtpError(f"{where}: format is {short_repr(document.get('format'))}, expected {BANK_FORMAT!r}")
-    unknown = sorted(set(document) - _BANK_KEYS)
+def check_keys(document: dict, required: set, optional: set, where: str) -> None:
+    """No key outside `required` | `optional`, every required one, and a valid 'name'."""
+    unknown = sorted(set(document) - required - optional)
     if unknown:
         raise EntmtpError(f"{where}: unknown key(s) {', '.join(map(short_repr, unknown[:8]))}")
-    missing = sorted(_BANK_KEYS - set(document))
+    missing = sorted(required - set(document))
     if missing:
         raise EntmtpError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
     check_name(document["name"], f"{where}: 'name'")
+
+
+def bank_from_document(document: Any, where: str) -> Bank:
+    if not isinstance(document, dict):
+        raise EntmtpError(f"{where}: the top level must be a JSON object, not {type(document).__name__}")
+    if document.get("format") == SOURCE_FORMAT:
+        raise EntmtpError(f"{where} is a machine-free bank source: it becomes a bank on a machine's cost curve "
+                          "(entmtp run and bench derive it; entmtp trees show NAME shows the result)")
+    if document.get("format") != BANK_FORMAT:
+        raise EntmtpError(f"{where}: format is {short_repr(document.get('format'))}, expected {BANK_FORMAT!r}")
+    check_keys(document, _BANK_KEYS, _OPTIONAL_BANK_KEYS, where)
     entries = document["trees"]
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BANK_TREES:
         raise EntmtpError(f"{where}: 'trees' must be a list of 1 to {MAX_BANK_TREES} trees")
@@ -201,7 +215,7 @@ def bank_from_document(document: Any, where: str) -> Bank:
         if cost is None or cost <= 0:
             raise EntmtpError(f"{what} needs a positive step_ms, got {short_repr(entry.get('step_ms'))}")
         # Accepted lengths are expected values: at most a tree's depth, so at most MAX_DEPTH.
-        biased, true = (None if entry.get(key) is None else _number(entry[key], f"{what} {key}", 0.0, MAX_DEPTH)
+        biased, true = (None if entry.get(key) is None else checked_number(entry[key], f"{what} {key}", 0.0, MAX_DEPTH)
                         for key in ("accept_biased", "accept_self_rollout"))
         biased = biased or 0.0
         trees.append(tree)
@@ -214,7 +228,7 @@ def bank_from_document(document: Any, where: str) -> Bank:
         raise EntmtpError(f"{where}: tree names must be unique")
     if not isinstance(document["static_best"], str) or document["static_best"] not in names:
         raise EntmtpError(f"{where}: static_best {short_repr(document['static_best'])} is not one of its trees")
-    ladder = _object(document["ladder"], f"{where}: 'ladder'")
+    ladder = checked_object(document["ladder"], f"{where}: 'ladder'")
     thresholds = _edges(ladder.get("thresholds", []), f"{where}: ladder thresholds")
     ladder_trees = ladder.get("trees", [])
     if not isinstance(ladder_trees, list) or len(ladder_trees) != len(thresholds) + 1:
@@ -223,14 +237,14 @@ def bank_from_document(document: Any, where: str) -> Bank:
     for tree_name in ladder_trees:
         if not isinstance(tree_name, str) or tree_name not in names:
             raise EntmtpError(f"{where}: ladder tree {short_repr(tree_name)} is not one of its trees")
-    window = _number(document["window"], f"{where}: window", 1.0, MAX_WINDOW)
-    edges = _object(document["signals"], f"{where}: 'signals'")
-    tables = _object(document["tables"], f"{where}: 'tables'")
+    window = checked_number(document["window"], f"{where}: window", 1.0, MAX_WINDOW)
+    edges = checked_object(document["signals"], f"{where}: 'signals'")
+    tables = checked_object(document["tables"], f"{where}: 'tables'")
     _tables([tables.get("overall")], f"{where}: table 'overall'", 1)
     for signal in TABLE_SIGNALS:
         bins = _edges(edges.get(signal), f"{where}: signal bin edges for {signal!r}")
         _tables(tables.get(signal), f"{where}: tables for {signal!r}", len(bins) + 1)
-    joint = _object(edges.get("joint"), f"{where}: signal bin edges for 'joint'")
+    joint = checked_object(edges.get("joint"), f"{where}: signal bin edges for 'joint'")
     entropy_bins = _edges(joint.get("entropy"), f"{where}: joint bin edges for 'entropy'")
     accept_bins = _edges(joint.get("accept"), f"{where}: joint bin edges for 'accept'")
     rows = tables.get("joint")
@@ -238,42 +252,43 @@ def bank_from_document(document: Any, where: str) -> Bank:
         raise EntmtpError(f"{where}: the joint tables must be {len(entropy_bins) + 1} rows (one per entropy bin)")
     for row in rows:
         _tables(row, f"{where}: a joint table row", len(accept_bins) + 1)
-    hulls = _object(document["hulls"], f"{where}: 'hulls'")
+    hulls = checked_object(document["hulls"], f"{where}: 'hulls'")
     for points in hulls.values():
         if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 3 for p in points):
             raise EntmtpError(f"{where}: every hull must be a list of [nodes, depth, value] points")
         for n, d, v in points:
             _integer(n, f"{where}: hull nodes", 0, 1 << 20)
             _integer(d, f"{where}: hull depth", 0, 1 << 20)
-            _number(v, f"{where}: hull value", -math.inf)
-    rates = _object({} if document["calibration_rates"] is None else document["calibration_rates"],
+            checked_number(v, f"{where}: hull value", -math.inf)
+    rates = checked_object({} if document["calibration_rates"] is None else document["calibration_rates"],
                     f"{where}: 'calibration_rates'")
     curve = document["cost_curve"]
     if not isinstance(curve, list) or not all(isinstance(point, dict) for point in curve):
         raise EntmtpError(f"{where}: 'cost_curve' must be a list of objects")
+    check_points(curve, where)
     return Bank(name=document["name"], trees=tuple(trees), step_ms=tuple(ms), accept=tuple(accept),
                 accept_biased=tuple(biased_accept), correction=tuple(correction),
                 static_best=names.index(document["static_best"]),
                 ladder=(tuple(names.index(n) for n in ladder_trees), tuple(thresholds)),
-                window=window, peek_ms=_number(document["peek_ms"], f"{where}: peek_ms"),
-                probe=_probe(document["probe"], where), recommended=_recommended(document["recommended"], where),
-                edges=edges, tables=tables, provenance=_provenance(document["provenance"], where, trees),
+                window=window, peek_ms=checked_number(document["peek_ms"], f"{where}: peek_ms"),
+                probe=checked_probe(document["probe"], where), recommended=_recommended(document["recommended"], where),
+                edges=edges, tables=tables, provenance=checked_provenance(document["provenance"], where, trees),
                 hulls={k: tuple((n, d, float(v)) for n, d, v in points) for k, points in hulls.items()},
-                calibration_rates={k: _number(v, f"{where}: calibration rate {short_repr(k)}", -math.inf)
+                calibration_rates={k: checked_number(v, f"{where}: calibration rate {short_repr(k)}", -math.inf)
                                    for k, v in rates.items()},
-                cost_curve=tuple(curve))
+                cost_curve=tuple(curve), cost=checked_object(document.get("cost", {}), f"{where}: 'cost'"))
 
 
-def _probe(value: Any, where: str) -> Probe:
-    value = _object(value, f"{where}: 'probe'")
+def checked_probe(value: Any, where: str) -> Probe:
+    value = checked_object(value, f"{where}: 'probe'")
     weights = value.get("weights")
     if weights is not None and not isinstance(weights, list):
         raise EntmtpError(f"{where}: probe weights must be a list of numbers or null")
-    lam, r = (None if value.get(key) is None else _number(value[key], f"{where}: probe {key}", -math.inf)
+    lam, r = (None if value.get(key) is None else checked_number(value[key], f"{where}: probe {key}", -math.inf)
               for key in ("lambda", "out_of_fold_r"))
     if not isinstance(value.get("target", ""), (str, type(None))):
         raise EntmtpError(f"{where}: probe target must be a string")
-    return Probe(weights=None if weights is None else tuple(_number(w, f"{where}: probe weights", -math.inf)
+    return Probe(weights=None if weights is None else tuple(checked_number(w, f"{where}: probe weights", -math.inf)
                                                             for w in weights),
                  lam=lam, out_of_fold_r=r, target=value.get("target"))
 
@@ -310,35 +325,41 @@ def shipped_bank_name(model_name: str, heads_kind: str, task: str) -> str:
     return f"{model_name}-{heads_kind}-{task}"
 
 
-def load_bank(name_or_path: str | os.PathLike) -> Bank:
-    """A bank from a .json file path, or by the name of a shipped bank."""
+def read_bank_document(name_or_path: str | os.PathLike) -> tuple[Any, str]:
+    """(JSON document, how errors name it) of a .json file path or a shipped bank's
+    name: a bank, or a machine-free bank source (entmtp.tune.source)."""
     text = os.fspath(name_or_path)
     if text.endswith(".json") or os.sep in text or (os.altsep is not None and os.altsep in text):
         where = f"bank file {text!r}"
-        return bank_from_document(read_document(Path(text), where), where)
+        return read_document(Path(text), where), where
     names = list_banks()
     if text not in names:
         # A bare word is what the user typed after --bank: a usage mistake (exit 2).
         raise UsageError(f"unknown bank {short_repr(text)}; shipped banks: {', '.join(names) or '(none)'} "
                          "(or pass a path to a .json file)")
-    return _load_shipped(text)
+    return _shipped_document(text)
 
 
-def load_shipped_bank(model_name: str, heads_kind: str, task: str) -> Bank:
-    """The bank shipped for a model, its kind of heads and a task (what `--method entmtp`
-    uses without --bank); a UsageError naming what is missing when none is shipped."""
+def shipped_bank_document(model_name: str, heads_kind: str, task: str) -> tuple[Any, str]:
+    """The bank (source) shipped for a model, its kind of heads and a task (what
+    `--method entmtp` uses without --bank); a UsageError naming what is missing."""
     name = shipped_bank_name(model_name, heads_kind, task)
     if name not in list_banks():
         raise UsageError(f"no shipped bank for model {model_name!r} with {heads_kind} heads on task {task!r}; "
                          f"calibrate one (entmtp calibrate --task {task} --head-kind {heads_kind}, then "
                          "entmtp trees build --calibration FILE) and pass --bank FILE")
-    return _load_shipped(name)
+    return _shipped_document(name)
 
 
-def _load_shipped(name: str) -> Bank:
+def _shipped_document(name: str) -> tuple[Any, str]:
     where = f"shipped bank {name!r}"
-    return bank_from_document(parse_document(bank_dir().joinpath(name + ".json").read_text(encoding="utf-8"), where),
-                              where)
+    return parse_document(bank_dir().joinpath(name + ".json").read_text(encoding="utf-8"), where), where
+
+
+def load_bank(name_or_path: str | os.PathLike) -> Bank:
+    """A built bank (`entmtp-bank/1`) from a file or a shipped name. A machine-free
+    source is refused here: it needs a machine's cost curve (entmtp.tune.loading)."""
+    return bank_from_document(*read_bank_document(name_or_path))
 
 
 def check_bank_provenance(bank: Bank, model: dict, heads_fingerprint: str, heads_kind: str) -> None:

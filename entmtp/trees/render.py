@@ -73,7 +73,8 @@ def render_bank(bank) -> RenderableType:
         f"bank {bank.name}: model {prov.get('model', {}).get('name')}, {prov.get('heads', {}).get('kind')} heads, "
         f"task {prov.get('task')} ({len(prov.get('prompt_ids', []))} calibration prompts), "
         f"{prov.get('dtype')} on {prov.get('device')}, calibrated {prov.get('date')}, EMA window {bank.window:g}")
-    trees = Table(title="trees (accepted = self-rollout when measured, else biased)", title_justify="left")
+    trees = Table(title="trees (accepted: de-biased by the self-rollouts; biased: the superset's prediction)",
+                  title_justify="left")
     for column in ("tree", "nodes", "depth", "accepted", "biased", "ms/step", "tok/s (model)"):
         trees.add_column(column, justify="left" if column == "tree" else "right")
     trees.add_column("role", min_width=21)
@@ -101,7 +102,17 @@ def render_bank(bank) -> RenderableType:
     replay = Text(f"recommended (behind --method entmtp): {scheduler}" + (f", signal {signal}" if signal else "")
                   + "; modeled tok/s replayed on the calibration steps: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))
+    cost = bank.cost
+    points = ", ".join(f"n{p['nodes']}" + (f"d{p['depth']}" if p["nodes"] else "") + f" {p['ms']:.1f}"
+                       for p in bank.cost_curve if not p.get("peek"))
+    if cost:
+        curve_line = Text(f"cost curve ({cost.get('origin')}): measured {cost.get('date')} on {cost.get('machine')} "
+                          f"({cost.get('cpu_class') or 'gpu'}, {cost.get('threads')} threads, {cost.get('dtype')}); "
+                          f"ms per step (made non-decreasing in nodes per depth): {points}")
+    else:
+        curve_line = Text(f"cost curve (built into the bank file, measured {prov.get('cost_date') or prov.get('date')} "
+                          f"on {prov.get('machine')}): ms per step: {points}")
     probe = bank.probe
     probe_line = Text(f"probe: ridge lambda {probe.lam}, out-of-fold r {probe.out_of_fold_r} "
                       f"with {probe.target}; peek (head 0 then root-only) costs {bank.peek_ms:.1f} ms")
-    return Group(header, trees, ladder, replay, probe_line, hulls)
+    return Group(header, curve_line, trees, ladder, replay, probe_line, hulls)

@@ -1,13 +1,13 @@
-"""`entmtp trees build`: a tree bank from a calibration file (entmtp.tune.calibrate).
+"""A tree bank from calibration steps and one cost curve (entmtp.tune.source derives one
+per machine from a bank source; the calibration file is read and checked here too).
 
   1. candidates: greedy node-by-node growth for every maximum depth, sizes 1..N,
-     plus the root-only tree (a step that drafts nothing);
-  2. each candidate's accepted length predicted from the superset rollout
-     (biased) and its step time from the measured cost curve;
+     plus the root-only tree (a step that drafts nothing) and the shipped trees;
+  2. each candidate's accepted length predicted from the superset rollout (biased,
+     then de-biased by the source's self-rollouts) and its step time from the curve;
   3. the Pareto hulls on (nodes, accepted length) and (nodes, predicted tok/s);
-  4. the bank: the candidates that are best (predicted tok/s) in some signal
-     bin, plus the best single tree, re-run with their own buffers (self-rollout) to de-bias their
-     accepted length;
+  4. the bank: the candidates that are best (predicted tok/s) in some signal bin,
+     plus the best single tree;
   5. the paper's threshold ladder on the entropy EMA, fit on the calibration steps;
   6. every scheduler replayed over the calibration steps: the best is the bank's recommendation."""
 from __future__ import annotations
@@ -129,7 +129,7 @@ def check_calibration(document: Any, where: str) -> dict:
     if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
         raise EntmtpError(f"{where} is not an {CALIBRATION_FORMAT} calibration file")
     for key, kind in (("provenance", dict), ("window", (int, float)), ("superset", list), ("steps", dict),
-                      ("cost_curve", list), ("probe", dict)):
+                      ("probe", dict)):
         if key not in document:
             raise EntmtpError(f"{where}: missing key {key!r}")
         if not isinstance(document[key], kind) or isinstance(document[key], bool):
@@ -147,13 +147,16 @@ def check_calibration(document: Any, where: str) -> dict:
         raise EntmtpError(f"{where}: 'steps.accepted_ranks' must be a list of rank paths")
     if not ranks:
         raise EntmtpError(f"{where}: no calibration steps recorded")
-    for column in _STEP_COLUMNS:
+    for column in (*_STEP_COLUMNS, "prompt"):
         if not isinstance(steps.get(column), list) or len(steps[column]) != len(ranks):
             raise EntmtpError(f"{where}: 'steps.{column}' must be a list with one value per step ({len(ranks)})")
     if not all(isinstance(p, list) and all(isinstance(r, int) and r >= 0 for r in p) for p in document["superset"]):
         raise EntmtpError(f"{where}: 'superset' must be a list of rank paths")
-    if not all(isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in ("nodes", "depth", "ms"))
-               for p in document["cost_curve"]):
+    # Older calibrations kept a cost curve (nothing reads it now): optional.
+    curve = document.get("cost_curve", [])
+    if not isinstance(curve, list) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in ("nodes", "depth", "ms"))
+            for p in curve):
         raise EntmtpError(f"{where}: every 'cost_curve' point needs numeric nodes, depth and ms")
     return document
 
@@ -163,22 +166,35 @@ def read_calibration(path: Path) -> dict:
     return check_calibration(read_json(path, where), where)
 
 
-def candidates_from(calibration: dict, max_nodes: int) -> list[Candidate]:
-    steps, curve = calibration["steps"], calibration["cost_curve"]
+def candidates_from(calibration: dict, max_nodes: int, cost_curve: Optional[Sequence[dict]] = None,
+                    extra: Sequence[tuple[str, Sequence[tuple[int, ...]]]] = ()) -> list[Candidate]:
+    """Greedy growth per depth (sizes 1..max_nodes, plus root-only), and the `extra`
+    (name, paths) trees whose nodes the superset holds (their tables are exact),
+    priced on `cost_curve` (default: the calibration's own)."""
+    steps, curve = calibration["steps"], calibration["cost_curve"] if cost_curve is None else cost_curve
     superset = [tuple(p) for p in calibration["superset"]]
     probability = node_acceptance(steps["accepted_ranks"], superset)
     n_heads = max(len(p) for p in superset)
     found: dict[tuple, Candidate] = {(): Candidate("n0", (), 0, 0.0, step_ms(curve, 0, 0))}
+
+    def add(name: str, canonical: tuple) -> None:
+        if canonical not in found:
+            depth = max(len(p) for p in canonical)
+            found[canonical] = Candidate(name or f"n{len(canonical)}d{depth}", canonical, depth,
+                                         sum(probability[p] for p in canonical), step_ms(curve, len(canonical), depth))
+
     for depth in range(1, n_heads + 1):
         for paths in grow_trees(probability, depth, max_nodes):
-            canonical = tuple(sorted(paths, key=lambda p: (len(p), p)))
-            if canonical in found:
-                continue
-            tree_depth = max(len(p) for p in canonical)
-            accept = sum(probability[p] for p in canonical)
-            found[canonical] = Candidate(f"n{len(canonical)}d{tree_depth}", canonical, tree_depth, accept,
-                                         step_ms(curve, len(canonical), tree_depth))
+            add("", canonical_paths(paths))
+    for name, paths in extra:
+        canonical = canonical_paths(paths)
+        if canonical and all(p in probability for p in canonical):
+            add(name, canonical)
     return sorted(found.values(), key=lambda c: (c.nodes, c.depth))
+
+
+def canonical_paths(paths: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(sorted((tuple(p) for p in paths), key=lambda p: (len(p), p)))
 
 
 def pareto(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:
@@ -231,14 +247,25 @@ def fit_ladder(trees: Sequence[Candidate], steps: dict) -> tuple[list[int], list
 
 
 def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size: int = 6,
-               self_rollout: Optional[Callable[[list[Candidate]], None]] = None) -> dict:
-    """The bank document for a calibration. `self_rollout(trees)` sets each
-    tree's accept_self_rollout by decoding with it (None: keep the biased values)."""
+               cost_curve: Optional[Sequence[dict]] = None, corrected: Optional[Callable[[Candidate], float]] = None,
+               extra: Sequence[tuple[str, Sequence[tuple[int, ...]]]] = (), cost: Optional[dict] = None,
+               replay_steps: Optional[dict] = None) -> dict:
+    """The bank document for calibration steps, on `cost_curve` (default: the one
+    a calibration dict carries). Deriving a bank from a machine-free source
+    (entmtp.tune.source) passes this machine's `cost_curve` (and `cost`, what it is: machine, date, origin),
+    `corrected(candidate)` (its self-rollout accepted length, measured or
+    interpolated; every candidate then votes with it) and the shipped trees as `extra`.
+    `replay_steps`: the steps the schedulers are replayed on to pick the recommended
+    one, when their signals differ from the ones the tables were binned by."""
     if not 1 <= bank_size <= MAX_BANK_TREES:  # load_bank refuses more: refused before any work, not after
         raise UsageError(f"bank_size must be 1 to {MAX_BANK_TREES} (the most trees a bank file may hold), "
                          f"got {bank_size}")
     steps = calibration["steps"]
-    candidates = candidates_from(calibration, max_nodes)
+    curve = list(calibration["cost_curve"] if cost_curve is None else cost_curve)
+    candidates = candidates_from(calibration, max_nodes, curve, extra)
+    if corrected is not None:
+        for c in candidates:
+            c.accept_self_rollout = 0.0 if c.nodes == 0 else corrected(c)
     accept_hull = pareto(candidates, lambda c: c.accept_biased)
     speed_hull = pareto(candidates, lambda c: c.tokens_per_second)
     superset = [tuple(p) for p in calibration["superset"]]
@@ -252,13 +279,13 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
     pool = candidates
     votes: dict[int, int] = {}
 
-    peek_ms = peek_cost(calibration["cost_curve"])
+    peek_ms = peek_cost(curve)
 
     def vote(table: dict, allow_root_only: bool = True, always: bool = False, extra_root_ms: float = 0.0) -> None:
         if table["steps"] < MIN_BIN_STEPS and not always:
             return
         options = [c for c in pool if allow_root_only or c.nodes > 0]
-        best = max(options, key=lambda c: (expected_accepted(c.paths, table, 1.0) + 1)
+        best = max(options, key=lambda c: (expected_accepted(c.paths, table, _correction(c)) + 1)
                    / (c.step_ms + (extra_root_ms if c.nodes == 0 else 0.0)))
         votes[id(best)] = votes.get(id(best), 0) + max(table["steps"], 1)
 
@@ -273,8 +300,6 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
             vote(table)
     ranked = sorted(pool, key=lambda c: -votes.get(id(c), 0))
     chosen = [c for c in ranked if votes.get(id(c), 0) > 0][:bank_size]
-    if self_rollout is not None:
-        self_rollout([c for c in chosen if c.nodes > 0])
     for c in chosen:
         if c.nodes == 0:
             c.accept_self_rollout = 0.0
@@ -289,9 +314,9 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
 
     provenance = dict(calibration["provenance"])
     provenance["built"] = datetime.datetime.now().isoformat(timespec="seconds")
-    provenance["built_by"] = (f"entmtp trees build: greedy growth per depth up to {max_nodes} nodes, "
-                              f"throughput hull, {len(chosen)} trees voted by signal bins, "
-                              f"self-rollout: {'yes' if self_rollout else 'no'}")
+    provenance["built_by"] = (f"greedy growth per depth up to {max_nodes} nodes, throughput hull, "
+                              f"{len(chosen)} trees voted by signal bins, de-biased: "
+                              f"{'yes' if corrected is not None else 'no'}")
     document = {
         "format": BANK_FORMAT,
         "name": name,
@@ -315,14 +340,15 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
                    "joint": [[trim(t) for t in row] for row in tables["joint"]]},
         "ladder": {"signal": "entropy", "trees": [chosen[i].name for i in ladder_indices],
                    "thresholds": thresholds},
-        "cost_curve": calibration["cost_curve"],
+        "cost_curve": curve,
+        **({"cost": cost} if cost is not None else {}),
         "recommended": {"scheduler": RECOMMENDED.scheduler, "signal": RECOMMENDED.signal},
         "calibration_rates": {},
     }
     # Which scheduler `--method entmtp` means for this bank: the one with the best
     # modeled tok/s replayed over the calibration steps (never evaluation data).
     bank = bank_from_document(document, f"bank {name!r}")
-    rates = replay_schedulers(bank, steps)
+    rates = replay_schedulers(bank, steps if replay_steps is None else replay_steps)
     document["calibration_rates"] = {k: round(v, 3) for k, v in rates.items()}
     best = max((k for k in rates if k != "static-best"), key=lambda k: rates[k])
     if rates[best] <= rates["static-best"]:
@@ -330,6 +356,11 @@ def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size:
     spec = SchedulerSpec.parse(best)
     document["recommended"] = {"scheduler": spec.scheduler, "signal": spec.signal}
     return document
+
+
+def _correction(c: Candidate) -> float:
+    """accept / biased accept: 1 until a self-rollout measured (or a source interpolated) it."""
+    return c.accept / c.accept_biased if c.accept_self_rollout is not None and c.accept_biased > 0 else 1.0
 
 
 SCHEDULER_VARIANTS = tuple(SchedulerSpec.parse(s) for s in (

@@ -1,4 +1,4 @@
-"""`entmtp calibrate`: acceptance statistics and this machine's step cost, per task.
+"""`entmtp calibrate`: acceptance statistics of a task's calibration split.
 
 1. Decode the task's calibration prompts (never its evaluation prompts) with a
    large superset tree. Every step records the signals a policy would have seen
@@ -7,9 +7,8 @@
    accepted exactly when its rank path is a prefix of that path, so one rollout
    scores every subtree of the superset (biased: the trajectory is the
    superset's; `entmtp trees build` de-biases its frontier by self-rollout).
-2. Grow candidate trees from those statistics and time one decode step of each
-   (propose + verify + accept) at a fixed context: the cost curve, ms per step as
-   a function of tree size and depth, on this device and dtype.
+Nothing here is timed: what a step costs belongs to the machine a bank runs on
+(entmtp.tune.machine_cost measures it there).
 
 The calibration file (JSON, `entmtp-calibration/1`) keeps it all with its
 provenance: model, heads fingerprint, task, prompt ids, dtype, device, date.
@@ -37,10 +36,10 @@ from entmtp.jsonfile import read_json, write_json
 from entmtp.model.loader import LoadedModel, load_model, model_fingerprint, parse_dtype, resolve_device
 from entmtp.outputs import write_atomically
 from entmtp.schedule.signals import DEFAULT_WINDOW
-from entmtp.trees.growth import node_acceptance, superset_tree
-from entmtp.trees.tree import tree_from_paths
+from entmtp.trees.files import list_trees, load_tree
+from entmtp.trees.growth import superset_tree
+from entmtp.trees.tree import Tree, tree_from_paths
 from entmtp.tune.probe import fit_probe
-from entmtp.tune.timing import cost_curve_for
 
 CALIBRATION_FORMAT = "entmtp-calibration/1"
 
@@ -89,15 +88,32 @@ def _round(value: Optional[float]) -> Optional[float]:
 # --------------------------------------------------------------------------- #
 
 
+def calibration_superset(n_heads: int, top_k: int, n_nodes: int) -> Tree:
+    """The tree a calibration decodes with: the `n_nodes` paths of highest prior
+    (entmtp.trees.growth.superset_tree) joined with every shipped tree the heads can
+    draft (depth <= n_heads, ranks < top_k), so the tables score those trees exactly
+    (mc_sim_7b_63 adds 18 nodes to the 64 of the prior). A union of prefix-closed
+    path sets is prefix-closed."""
+    base = superset_tree(n_heads, top_k, n_nodes)
+    paths = set(base.paths)
+    for name in list_trees():
+        tree = load_tree(name)
+        if tree.max_depth <= n_heads and tree.top_k_needed <= top_k:
+            paths.update(tree.paths)
+    ordered = sorted(paths, key=lambda p: (len(p), p))
+    return tree_from_paths(f"superset{len(ordered)}", ordered,
+                           {"built_by": f"{base.name} joined with the shipped trees"})
+
+
 def check_options(task: str, heads_kind: str, *, limit: int | None = None, max_new_tokens: int = 96,
-                  superset_nodes: int = 64, window: float = DEFAULT_WINDOW, repeats: int = 7) -> None:
+                  superset_nodes: int = 64, window: float = DEFAULT_WINDOW) -> None:
     """Every option of a calibration, before anything loads."""
     if task not in tasks.TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(tasks.TASKS)}")
     if heads_kind not in ("medusa", "hydra"):
         raise UsageError(f"--head-kind must be medusa or hydra, not {heads_kind!r}")
     for option, value, least in (("--limit", limit, 1), ("--max-new-tokens", max_new_tokens, 1),
-                                 ("--superset-nodes", superset_nodes, 2), ("--repeats", repeats, 1)):
+                                 ("--superset-nodes", superset_nodes, 2)):
         if value is not None and value < least:
             raise UsageError(f"{option} must be >= {least}, got {value}")
     if not math.isfinite(window) or window < 1:
@@ -136,7 +152,7 @@ def discard_partial(partial: Path) -> None:
 
 
 _KEY_FILE = "key.json"
-PARTIAL_FORMAT = "entmtp-calibration-partial/1"
+PARTIAL_FORMAT = "entmtp-calibration-partial/2"   # /2: the superset joins the shipped trees
 
 
 def _prompt_file(index: int) -> str:
@@ -233,19 +249,18 @@ class _Partial:
 
 def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_path: Optional[str] = None,
                     limit: Optional[int] = None, max_new_tokens: int = 96, superset_nodes: int = 64,
-                    window: float = DEFAULT_WINDOW, max_cost_nodes: int = 128, repeats: int = 7,
-                    dtype_name: str = "bf16", partial: Path | None = None, records: list | None = None,
-                    log: Callable[[str], None] = print) -> dict:
+                    window: float = DEFAULT_WINDOW, dtype_name: str = "bf16", partial: Path | None = None,
+                    records: list | None = None, log: Callable[[str], None] = print) -> dict:
     """The calibration document. With `partial` (a folder), each decoded prompt is
     kept there as it finishes, and prompts already kept under the same options are
     not decoded again (the caller removes the folder once the document is written).
     `records`: calibration_records(task, limit) when the caller has them already."""
     check_options(task, heads_kind, limit=limit, max_new_tokens=max_new_tokens, superset_nodes=superset_nodes,
-                  window=window, repeats=repeats)
+                  window=window)
     records = records if records is not None else calibration_records(task, limit)
     heads = load_model_heads(loaded, heads_kind, heads_path)
     top_k = DEFAULT_TOP_K
-    superset = superset_tree(heads.n_heads, top_k, superset_nodes)
+    superset = calibration_superset(heads.n_heads, top_k, superset_nodes)
     decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=top_k,
                                  signal_window=window)
     prompts = [loaded.tokenizer.encode_chat(r.prompt) for r in records]
@@ -285,9 +300,6 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
     columns["probe"] = probe.pop("oof")
     log(f"probe: ridge lambda {probe['lambda']:g}, out-of-fold r {probe['out_of_fold_r']:.3f} "
         "with accepted length")
-    probability = node_acceptance(columns["accepted_ranks"], superset.paths)
-
-    cost_curve = cost_curve_for(decoder, probability, heads.n_heads, max_cost_nodes, repeats, log)
     return {
         "format": CALIBRATION_FORMAT,
         "provenance": {
@@ -305,7 +317,6 @@ def run_calibration(loaded: LoadedModel, heads_kind: str, task: str, *, heads_pa
         "superset": [list(p) for p in superset.paths],
         "probe": probe,
         "steps": columns,
-        "cost_curve": cost_curve,
     }
 
 
@@ -314,11 +325,13 @@ def write_calibration(document: dict, path: Path) -> None:
 
 
 def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = None,
-                      heads_path: Optional[str] = None, log: Callable[[str], None] = print):
+                      heads_path: Optional[str] = None, log: Callable[[str], None] = print,
+                      max_new_tokens: Optional[int] = None):
     """A function that sets each candidate tree's `accept_self_rollout`: the mean
     accepted length per step when the calibration's first `n_prompts` prompts are
-    decoded with that tree's own buffers (the superset's numbers are biased up:
-    nodes the tree lacks steer the trajectory)."""
+    decoded with that tree's own buffers (the superset's numbers are biased: its
+    trajectory is not the tree's). max_new_tokens: per prompt (default: the
+    calibration's)."""
     provenance = calibration["provenance"]
     loaded = load_model(model, parse_dtype(provenance["dtype"]), resolve_device(provenance["device"]))
     heads = calibration_heads(loaded, provenance, heads_path)
@@ -326,7 +339,7 @@ def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = 
     by_id = {r.id: r for r in tasks.load_task(task, None, tasks.Skipped())}
     ids = [i for i in provenance["prompt_ids"] if i in by_id][:n_prompts]
     prompts = [loaded.tokenizer.encode_chat(by_id[i].prompt) for i in ids]
-    max_new_tokens = provenance["max_new_tokens"]
+    max_new_tokens = max_new_tokens or provenance["max_new_tokens"]
     top_k = provenance["heads"]["top_k"]
 
     def run(candidates) -> None:
@@ -339,21 +352,3 @@ def self_rollout_with(calibration: dict, n_prompts: int, model: Optional[str] = 
             log(f"  self-rollout {candidate.name}: accepted {candidate.accept_self_rollout:.3f} per step "
                 f"(biased {candidate.accept_biased:.3f}) on {len(prompts)} prompts")
     return run
-
-
-def recost_calibration(loaded: LoadedModel, calibration: dict, heads_path: Optional[str] = None,
-                       repeats: int = 15, log: Callable[[str], None] = print) -> dict:
-    """Re-time a calibration's cost curve on this machine (quietly, with more
-    rounds): the acceptance statistics stay, the cost curve and its date change."""
-    provenance = calibration["provenance"]
-    heads = calibration_heads(loaded, provenance, heads_path)
-    superset = tree_from_paths("superset", [tuple(p) for p in calibration["superset"]])
-    decoder = SpeculativeDecoder(loaded.model, heads, superset, top_k=provenance["heads"]["top_k"])
-    probability = node_acceptance(calibration["steps"]["accepted_ranks"], superset.paths)
-    document = dict(calibration)
-    document["cost_curve"] = cost_curve_for(decoder, probability, heads.n_heads, 128, repeats, log)
-    document["provenance"] = dict(provenance, cost_date=datetime.datetime.now().isoformat(timespec="seconds"),
-                                  cost_repeats=repeats, threads=torch.get_num_threads())
-    return document
-
-
