@@ -415,7 +415,7 @@ def _set(document, where, value):
     (("probe", "weights"), [None], "probe weights must be a finite number"),                  # TypeError
     (("window",), 10**400, r"window must be a finite number >= 1 and <= 1e\+06"),             # OverflowError
     (("window",), math.inf, "window must be a finite number"),                  # ZeroDivisionError in the EMA
-    (("ladder", "trees"), True, "so it needs 1 trees, not True"),                             # TypeError (len)
+    (("ladder", "trees"), True, r"so it needs \d+ trees, not True"),                             # TypeError (len)
     (("tables", "overall"), KeyError, "table 'overall' entries must be an object"),  # KeyError in bank_policy
     (("tables", "joint", 0, 0, "p", "0"), {}, "probabilities must be a finite number"),  # TypeError in _rebin
     (("tables", "entropy", 0, "steps"), "x", "steps must be an integer"),             # TypeError in bank_policy
