@@ -249,20 +249,23 @@ def fit_ladder(trees: Sequence[Candidate], steps: dict) -> tuple[list[int], list
 def build_bank(calibration: dict, name: str, *, max_nodes: int = 128, bank_size: int = 6,
                cost_curve: Optional[Sequence[dict]] = None, corrected: Optional[Callable[[Candidate], float]] = None,
                extra: Sequence[tuple[str, Sequence[tuple[int, ...]]]] = (), cost: Optional[dict] = None,
-               replay_steps: Optional[dict] = None) -> dict:
+               replay_steps: Optional[dict] = None, candidates: Optional[list[Candidate]] = None) -> dict:
     """The bank document for calibration steps, on `cost_curve` (default: the one
     a calibration dict carries). Deriving a bank from a machine-free source
     (entmtp.tune.source) passes this machine's `cost_curve` (and `cost`, what it is: machine, date, origin),
     `corrected(candidate)` (its self-rollout accepted length, measured or
     interpolated; every candidate then votes with it) and the shipped trees as `extra`.
     `replay_steps`: the steps the schedulers are replayed on to pick the recommended
-    one, when their signals differ from the ones the tables were binned by."""
+    one, when their signals differ from the ones the tables were binned by.
+    `candidates`: candidates_from(calibration, max_nodes, cost_curve, extra) when the
+    caller grew them already."""
     if not 1 <= bank_size <= MAX_BANK_TREES:  # load_bank refuses more: refused before any work, not after
         raise UsageError(f"bank_size must be 1 to {MAX_BANK_TREES} (the most trees a bank file may hold), "
                          f"got {bank_size}")
     steps = calibration["steps"]
     curve = list(calibration["cost_curve"] if cost_curve is None else cost_curve)
-    candidates = candidates_from(calibration, max_nodes, curve, extra)
+    if candidates is None:
+        candidates = candidates_from(calibration, max_nodes, curve, extra)
     if corrected is not None:
         for c in candidates:
             c.accept_self_rollout = 0.0 if c.nodes == 0 else corrected(c)

@@ -300,7 +300,7 @@ def derive_bank(source: dict, cost_curve: Sequence[dict], *, cost: Optional[dict
         calibration["steps"] = member_steps
     document = build_bank(calibration, source["name"], max_nodes=max_nodes, bank_size=bank_size,
                           cost_curve=cost_curve, corrected=corrected, extra=extras, cost=cost,
-                          replay_steps=member_steps)
+                          replay_steps=member_steps, candidates=candidates)
     document["provenance"]["built_by"] = (f"derived at load from source {source['name']!r} "
                                           f"({source['provenance'].get('built_by', '')}) on this cost curve; "
                                           f"accept EMA bins on the history of {reference.name} ({accept_history})")
