@@ -26,7 +26,8 @@ def bench(
     limit: int | None = typer.Option(None, "--limit", help="First N prompts of the split per task."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
-    dtype: str | None = typer.Option(None, "--dtype", help="bf16 (default) or fp32 (default with --exact-check)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="bf16 (default), fp32 (default with --exact-check), "
+                                     "q4_1, q8_0, q4_1-fp32, q8_0-fp32 (quantized weights, see entmtp run --help)."),
     device: str = typer.Option("cpu", "--device"),
     exact_check: bool = typer.Option(False, "--exact-check", help="Compare every method's tokens with ar's "
                                      "(fp32 unless --dtype says otherwise)."),
@@ -70,7 +71,7 @@ def bench(
 
 def bench_step(
     model: str | None = typer.Option(None, "--model"),
-    dtype: str = typer.Option("bf16", "--dtype"),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp32, or quantized weights (q4_1, q8_0, ...)."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per plain-decoding run."),
     repeats: int = typer.Option(5, "--repeats", help="Interleaved rounds per measurement; medians are reported."),
     tree_nodes: str | None = typer.Option(None, "--tree-nodes", help="Tree sizes of the speculative cost curve, "

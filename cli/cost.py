@@ -24,7 +24,7 @@ def cost_measure(
                                     "(default: the shipped one for --task)."),
     task: str | None = typer.Option(None, "--task", help="Without --bank: the task of the shipped bank source "
                                     f"(default {DEFAULT_TASK})."),
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp32 or fp16."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp32, fp16, q4_1, q8_0, q4_1-fp32 or q8_0-fp32."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     out: Path | None = typer.Option(None, "--out", help="Also write the curve to this file (for --cost-curve "
                                     "elsewhere)."),

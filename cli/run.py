@@ -56,7 +56,9 @@ def run(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Stop after this many new tokens."),
     skip: int = typer.Option(0, "--skip", help="Skip the first N prompts of --prompt-file (to continue an "
                              "interrupted run)."),
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp32 (use fp32 for exactness checks)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp32 (exactness checks), fp16; or quantized "
+                              "weights (a GGUF's own blocks): q4_1 / q8_0 (bf16 and int8 activations, "
+                              "approximate), q4_1-fp32 / q8_0-fp32 (fp32 activations, exact)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling (with --temperature > 0)."),

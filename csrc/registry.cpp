@@ -27,6 +27,10 @@ TORCH_LIBRARY(entmtp, m) {
   // x [M, K] bf16/fp32, weight [N, K] bf16, bias [N] -> [M, N] in x's dtype;
   // fp32 math (CPU only: CUDA uses cuBLAS through F.linear).
   m.def("linear_bf16w(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  // x [M, K] bf16/fp32, weight uint8 [N, K / 32 * block bytes] of GGUF blocks
+  // (qtype 0 = Q4_1, 20-byte blocks; 1 = Q8_0, 34-byte blocks), bias [N] -> [M, N]
+  // in x's dtype (CPU only). See entmtp/reference.py:linear_quant_ref.
+  m.def("linear_quant(Tensor x, Tensor weight, int qtype, Tensor? bias=None) -> Tensor");
   // Fused element-wise pieces of a decoder layer (CPU only; on CUDA the model
   // runs their torch composites in entmtp/reference.py).
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");

@@ -50,6 +50,11 @@ def _linear_bf16w_fake(x, weight, bias=None):
     return x.new_empty((x.shape[0], weight.shape[0]))  # [M, N] in x's dtype (csrc/cpu/linear_bf16w_cpu.cpp)
 
 
+@torch.library.register_fake("entmtp::linear_quant")
+def _linear_quant_fake(x, weight, qtype, bias=None):
+    return x.new_empty((x.shape[0], weight.shape[0]))  # [M, N] in x's dtype (csrc/cpu/linear_quant_cpu.cpp)
+
+
 @torch.library.register_fake("entmtp::kv_commit")
 def _kv_commit_fake(kv, src_slots, dst_start):
     return None

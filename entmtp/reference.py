@@ -173,6 +173,69 @@ def linear_bf16w_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+# GGUF block formats of linear_quant (qtype -> (name, bytes per 32-weight block)).
+QTYPES = {0: ("q4_1", 20), 1: ("q8_0", 34)}
+
+
+def dequantize_ref(weight: Tensor, qtype: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 GGUF blocks [N, K / 32 * block bytes] -> fp32 [N, K].
+
+    Q4_1 (qtype 0): fp16 d, fp16 m, 16 bytes q; weight j = d * q_j + m, q_j the
+    low nibble of byte j (j < 16) or the high nibble of byte j - 16, rounded to
+    fp32 once (computed in float64, where it is exact: the kernels' FMA).
+    Q8_0 (qtype 1): fp16 d, 32 int8 q; weight j = d * q_j (exact in fp32).
+    dtype=torch.float64 keeps the exact values.
+    """
+    _, nbytes = QTYPES[qtype]
+    n = weight.shape[0]
+    blocks = weight.reshape(n, -1, nbytes)                           # [N, K/32, bytes]
+    d = blocks[..., 0:2].contiguous().view(torch.float16).double()  # [N, K/32, 1]
+    if qtype == 0:
+        m = blocks[..., 2:4].contiguous().view(torch.float16).double()
+        qs = blocks[..., 4:20].long()                                 # [N, K/32, 16]
+        q = torch.cat([qs & 15, qs >> 4], dim=-1).double()            # [N, K/32, 32]
+        values = d * q + m
+    else:
+        q = blocks[..., 2:34].contiguous().view(torch.int8).double()
+        values = d * q
+    return values.to(dtype).reshape(n, -1)
+
+
+def linear_quant_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tensor] = None) -> Tensor:
+    """Spec of torch.ops.entmtp.linear_quant: x [M, K] @ dequantize_ref(weight).T (+ bias [N]),
+    in x's dtype -> [M, N] (the kernels accumulate in fp32; with bf16 x they round
+    the dequantized weights to bf16 first, like a bf16 copy of the same weights)."""
+    w = dequantize_ref(weight, qtype)
+    if x.dtype == torch.bfloat16:
+        w = w.bfloat16()
+    return torch.nn.functional.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+# bf16 x of at most this many rows takes the int8 kernel on the avx512bf16 and amx
+# paths (ENTMTP_QUANT_INT8_MAX_ROWS, csrc/isa/table_impl.h).
+INT8_MAX_ROWS = 4
+
+
+def quantize_activations_ref(x: Tensor) -> Tensor:
+    """What linear_quant's int8 kernel multiplies for x [M, K]: per 32-column block,
+    dx = max |x| / 127 and qx = x * (127 / max |x|) rounded to nearest even (fp32),
+    returned as the float64 values dx * qx [M, K]."""
+    m = x.shape[0]
+    xb = x.float().reshape(m, -1, 32)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(xb * inv)
+    return (q.double() * (amax / 127.0).double()).reshape(m, -1)
+
+
+def linear_quant_int8_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tensor] = None) -> Tensor:
+    """Spec of linear_quant's int8 path (bf16 x, few rows, AVX-512 VNNI): the
+    int8-rounded activations against the exact dequantized weights, in float64 [M, N]."""
+    w = dequantize_ref(weight, qtype, torch.float64)
+    out = quantize_activations_ref(x) @ w.t()
+    return out if bias is None else out + bias.double()
+
+
 def kv_commit_ref(kv: Tensor, src_slots: Tensor, dst_start: int) -> None:
     """Spec of `ops.kv_commit`, in place on kv [n_layers, 2, B, Hkv, S_max, D]:
     slot src_slots[i] -> slot dst_start + i for every layer, K/V, batch, head."""

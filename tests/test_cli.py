@@ -108,6 +108,26 @@ def test_tiny_model_runs(capsys, tiny_folder, prompt_txt):
     assert code == 0, err
 
 
+def test_default_model_runs_on_its_quantized_weights(capsys, default_model_dir, prompt_txt):
+    # fp32 activations: the quantized model's own plain decoding, reproduced by a bank method.
+    base = ("run", "--model", str(default_model_dir), "--prompt-file", str(prompt_txt), "--max-new-tokens", "12",
+            "--json", "--dtype", "q4_1-fp32")
+    plain = json.loads(_run(capsys, *base)[1])
+    bank = json.loads(_run(capsys, *base, "--method", "entmtp", "--task", "humaneval")[1])
+    assert plain["token_ids"] == bank["token_ids"] and len(plain["token_ids"]) == 12
+    code, out, err = _run(capsys, "run", "--model", str(default_model_dir), "--prompt-file", str(prompt_txt),
+                          "--max-new-tokens", "4", "--json", "--dtype", "q4_1")
+    assert code == 0 and len(json.loads(out)["token_ids"]) == 4, err
+
+
+def test_tiny_model_off_the_block_size_is_refused(capsys, tiny_folder, prompt_txt):
+    # hidden size 16: not whole 32-weight blocks.
+    code, _, err = _run(capsys, "run", "--model", str(tiny_folder), "--prompt-file", str(prompt_txt),
+                        "--raw", "--max-new-tokens", "3", "--dtype", "q8_0")
+    assert code != 0 and "not a multiple of the 32-weight blocks of q8_0; use --dtype bf16" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 BAD_MODELS = {
     "missing folder": (lambda f: shutil.rmtree(f), "not found"),
     "no weights": (lambda f: (f / "model.safetensors").unlink(), "has no model.safetensors"),

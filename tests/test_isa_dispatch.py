@@ -24,7 +24,7 @@ PATHS = ["portable", "avx2", "avx512", "avx512bf16", "amx"]
 E = torch.ops.entmtp
 AVAILABLE = list(E.cpu_isa_available())
 # The op tests whose kernels differ per path (tree_accept / kv_commit do not).
-OP_TESTS = ["tests/test_linear.py", "tests/test_ops_fused_layer.py", "tests/test_ops_attention.py",
+OP_TESTS = ["tests/test_linear.py", "tests/test_ops_quant.py", "tests/test_ops_fused_layer.py", "tests/test_ops_attention.py",
             "tests/test_ops_entropy.py"]
 
 

@@ -70,7 +70,7 @@ Isa detect_best() {
   if (!avx512 || (xcr0 & 0xe0) != 0xe0) return Isa::kAvx2;  // opmask, ZMM_Hi256, Hi16_ZMM state
   unsigned a71 = 0, b71, c71, d71;
   __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
-  if (!(a71 & (1u << 5))) return Isa::kAvx512;  // AVX512_BF16
+  if (!(a71 & (1u << 5)) || !(c7 & (1u << 11))) return Isa::kAvx512;  // AVX512_BF16, AVX512_VNNI
   const bool amx = (d7 & (1u << 22)) && (d7 & (1u << 24));  // AMX-BF16, AMX-TILE
   if (!amx || (xcr0 & 0x60000) != 0x60000 || !request_amx_permission()) return Isa::kAvx512Bf16;
   return Isa::kAmx;

@@ -43,6 +43,31 @@ struct LinearArgs {
   void* y;            // [M, N] contiguous
   bool y_bf16;        // else fp32
   int64_t M, K, N;
+  // w holds weight rows [w_row0, w_row0 + w_rows) only: a block of rows
+  // dequantized into scratch by the quantized linear (linear_quant.h).
+  int64_t w_row0 = 0, w_rows = -1;  // -1: all N rows
+};
+
+// GGUF block formats of the quantized linear, 32 weights per block along K:
+//   Q4_1 (20 bytes): fp16 d, fp16 m, 16 bytes of nibbles; weight j of the block
+//        is d * q_j + m with q_j the low nibble of byte j (j < 16) or the high
+//        nibble of byte j - 16.
+//   Q8_0 (34 bytes): fp16 d, 32 int8 q_j; weight j is d * q_j.
+enum class QType : int { kQ4_1 = 0, kQ8_0 = 1 };
+constexpr int64_t kQBlock = 32;
+inline int64_t qblock_bytes(QType t) { return t == QType::kQ4_1 ? 20 : 34; }
+
+// y[m, n] = sum_k x[m, k] dequant(w)[n, k] (+ bias[n]).
+struct QuantLinearArgs {
+  const void* x;  // [M, K], row stride x_stride elements, last dim contiguous
+  int64_t x_stride;
+  bool x_bf16;        // else fp32
+  const uint8_t* w;   // [N, K / 32 blocks], contiguous
+  QType qtype;
+  const float* bias;  // [N] or null
+  void* y;            // [M, N] contiguous
+  bool y_bf16;
+  int64_t M, K, N;    // K % 32 == 0
 };
 
 // Row-wise RMSNorm, optionally fused with the residual add (residual/summed null: plain norm).
@@ -115,6 +140,15 @@ struct KernelTable {
   // token entropy: scans row[begin, end) into st; block = kVocabBlock floats of scratch
   void (*entropy_scan)(Dtype dt, const void* row, int64_t begin, int64_t end, int k, float* block,
                        EntropyState& st);
+  // quantized linear: pack x once, then any thread computes output rows
+  // [m0, m1) x features [n0, n1) (n0 a multiple of qlinear_n_block) with
+  // qlinear_scratch_bytes of its own scratch (64-byte aligned).
+  int64_t (*qlinear_pack_bytes)(const QuantLinearArgs& a);
+  int64_t (*qlinear_n_block)(const QuantLinearArgs& a);
+  int64_t (*qlinear_scratch_bytes)(const QuantLinearArgs& a);
+  void (*qlinear_pack)(const QuantLinearArgs& a, void* packed);
+  void (*qlinear_run)(const QuantLinearArgs& a, const void* packed, void* scratch, int64_t m0, int64_t m1,
+                      int64_t n0, int64_t n1);
 };
 
 // One accessor per compiled path (csrc/isa/<path>.cpp); nullptr where the

@@ -114,7 +114,7 @@ void group(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0, Pr
   const int64_t K = a.K, KC = K / 32;
   const int64_t ws = K * 2;  // weight row stride in bytes
   const uint16_t* bt = vnni + mb * KC * 512;
-  const uint16_t* w = a.w + n0 * K;
+  const uint16_t* w = linear_detail::w_row(a, n0);
   _tile_zero(0);
   if constexpr (NC > 1) _tile_zero(1);
   if constexpr (NC > 2) _tile_zero(2);
@@ -156,7 +156,7 @@ void pair(const LinearArgs& a, const uint16_t* vnni, int64_t mb, int64_t n0, Pre
   const int64_t ws = K * 2;
   const uint16_t* bt0 = vnni + mb * KC * 512;
   const uint16_t* bt1 = bt0 + KC * 512;
-  const uint16_t* w = a.w + n0 * K;
+  const uint16_t* w = linear_detail::w_row(a, n0);
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (NA > 1) {
@@ -233,8 +233,11 @@ inline void amx_run(const LinearArgs& a, const uint16_t* vnni, int64_t m0, int64
     // Prefetch the group kPrefetchGroups ahead (within this thread's rows),
     // spread evenly over the k steps this group takes.
     const int64_t steps = KC * ((mb1 - mb0) / 2 * ((nc + 1) / 2) + (mb1 - mb0) % 2);
-    const int64_t p0 = std::min(n1, n + 64 * kPrefetchGroups), p1 = std::min(n1, p0 + 64);
-    Prefetch pf{wb + p0 * K * 2, wb + p1 * K * 2, ((p1 - p0) * K * 2 / 64 + steps - 1) / steps};
+    // (Only rows w holds: a dequantized block holds just the rows it computes.)
+    const int64_t held = a.w_rows < 0 ? n1 : std::min(n1, a.w_row0 + a.w_rows);
+    const int64_t p0 = std::min(held, n + 64 * kPrefetchGroups), p1 = std::min(held, p0 + 64);
+    Prefetch pf{wb + (p0 - a.w_row0) * K * 2, wb + (p1 - a.w_row0) * K * 2,
+                ((p1 - p0) * K * 2 / 64 + steps - 1) / steps};
     int64_t mb = mb0;
     for (; mb + 1 < mb1; mb += 2) {
       for (int b = 0; b < nc; b += 2) {

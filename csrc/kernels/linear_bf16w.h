@@ -66,6 +66,9 @@ inline int64_t pack_position(int64_t k) {
 #endif
 }
 
+// Weight row n of a (which may hold only rows from a.w_row0 on).
+inline const uint16_t* w_row(const LinearArgs& a, int64_t n) { return a.w + (n - a.w_row0) * a.K; }
+
 // Writes y[m, n0 + i] = v[i] + bias for i < cnt.
 inline void store_out(const LinearArgs& a, int64_t m, int64_t n0, int cnt, const float* v) {
   for (int i = 0; i < cnt; ++i) {
@@ -100,7 +103,7 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
     vf8 wv[NR];
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const uint16_t* row = a.w + (n + r) * K;
+      const uint16_t* row = w_row(a, n + r);
       const uint16_t* src = k < full ? row + k : tail_chunk(row, K, tails[r]);
       wv[r] = load8(reinterpret_cast<const bf16_t*>(src));
     }
@@ -146,7 +149,7 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
   for (int64_t k = 0; k < Kp; k += kChunk) {
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const uint16_t* row = a.w + (n + r) * K;
+      const uint16_t* row = w_row(a, n + r);
       const uint16_t* src = k < full ? row + k : tail_chunk(row, K, tails[r]);
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
       const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw));
@@ -214,7 +217,7 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
   for (int64_t k = 0; k < Kp; k += kChunk) {
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const __m512i raw = load_w32(a.w + (n + r) * K, k, K);
+      const __m512i raw = load_w32(w_row(a, n + r), k, K);
       const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(raw, hi_mask));
       #pragma GCC unroll 8
@@ -244,7 +247,7 @@ void tile_bf16(const LinearArgs& a, const uint16_t* xp, int64_t m, int64_t n) {
     for (int j = 0; j < MR; ++j) xv[j] = _mm512_loadu_si512(xp + (m + j) * Kp + k);
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const __m512bh wv = (__m512bh)load_w32(a.w + (n + r) * K, k, K);
+      const __m512bh wv = (__m512bh)load_w32(w_row(a, n + r), k, K);
       #pragma GCC unroll 8
       for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, (__m512bh)xv[j]);
     }

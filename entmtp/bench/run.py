@@ -177,15 +177,15 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
     contenders = []
     for name in cfg.methods:
         try:
-            contenders.append(make_contender(name, loaded, dtype, device,
+            contenders.append(make_contender(name, loaded, dtype.activations, device,
                                              cost_curve=str(cfg.cost_curve) if cfg.cost_curve else None))
         except PeerMissing as exc:
             console.print(f"[yellow]skipping {name}: {exc}[/]")
     if not contenders:
         raise EntmtpError("none of the methods can run here")
-    if cfg.exact_check and cfg.dtype != "fp32":
-        console.print("[yellow]--exact-check in bf16: block forwards can flip a near-tied argmax; "
-                      "the contract is checked in fp32 (--dtype fp32)[/]")
+    if cfg.exact_check and dtype.activations != torch.float32:
+        console.print(f"[yellow]--exact-check in {cfg.dtype}: block forwards can flip a near-tied argmax; "
+                      "the contract is checked with fp32 activations (--dtype fp32, q4_1-fp32, q8_0-fp32)[/]")
 
     # Bank methods load (and check) every task's bank now, so a missing or foreign bank stops us
     # early; banks.json says which trees each was derived with, and on which cost curve.

@@ -36,6 +36,7 @@ from entmtp.errors import EntmtpError
 from entmtp.heads.shipped import load_draft_vocab, load_model_heads
 from entmtp.model import linear
 from entmtp.model.loader import LoadedModel, load_model, parse_dtype
+from entmtp.model.quant import QuantizedWeight
 from entmtp.timing import interleaved, seconds_per_call
 from entmtp.trees.growth import superset_tree
 from entmtp.trees.tree import tree_from_paths
@@ -75,7 +76,7 @@ def run_step_bench(model_name: Optional[str], dtype_name: str, new_tokens: int, 
     console.print(f"{machine.cpu_model()}: kernel path {machine.cpu_class()}, {torch.get_num_threads()} threads, "
                   f"torch {torch.__version__}, {dtype_name}")
 
-    ar = _ar_steps(loaded, dtype, new_tokens, repeats, with_peers, console)
+    ar = _ar_steps(loaded, dtype.activations, new_tokens, repeats, with_peers, console)
     prefill = _prefill_tokens_per_second(loaded, repeats)
     curve, heads_by_kind = [], {}  # hydra and hydra+dv share one copy of the heads
     for kind in heads_kinds:
@@ -231,9 +232,10 @@ def _print(result: dict, console: Console) -> None:
 
 
 def _weights(model) -> list[torch.Tensor]:
+    """Every weight tensor a step streams (quantized ones as their blocks)."""
     tensors = [model.embed, model.final_norm]
     if model.lm_head is not model.embed:
         tensors.append(model.lm_head)
     for layer in model.layers:
-        tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
-    return tensors
+        tensors += [t for t in vars(layer).values() if isinstance(t, (torch.Tensor, QuantizedWeight))]
+    return [t.data if isinstance(t, QuantizedWeight) else t for t in tensors]

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from entmtp.model.llama import linear
+from entmtp.model.quant import QuantizedWeight, embedding
 
 KINDS = ("medusa", "hydra")
 
@@ -58,7 +59,10 @@ KINDS = ("medusa", "hydra")
 
 
 def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`t` in the dtype/device of `like`; a no-op (no copy) when they already match."""
+    """`t` in the dtype/device of `like`; a no-op (no copy) when they already match.
+    A quantized base weight stays as it is (linear_quant returns `like`'s dtype)."""
+    if isinstance(t, QuantizedWeight):
+        return t
     return t.to(device=like.device, dtype=like.dtype)
 
 
@@ -269,7 +273,7 @@ class HydraHeads(_DraftHeads):
         """
         if path_token_ids.dim() != 2:
             raise ValueError(f"path_token_ids must be [P, d], got {tuple(path_token_ids.shape)}")
-        embeds = F.embedding(path_token_ids, embed_weight)  # [P, d, H]
+        embeds = embedding(path_token_ids, embed_weight, hidden_last.dtype)  # [P, d, H]
         logits = self.forward_paths(self._one_row(hidden_last), embeds,
                                     path_token_ids.shape[1] - 1, base_lm_head)
         return _topk_probs(logits, top_k)

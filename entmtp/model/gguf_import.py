@@ -232,7 +232,7 @@ def _write_json(path: Path, obj: Any) -> None:
 # ---------------------------------------------------------------- tensors
 
 
-def _hf_name(gguf_name: str, path: Path) -> str:
+def hf_name(gguf_name: str, path: Path) -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _BLOCK_RE.match(gguf_name)
@@ -241,7 +241,7 @@ def _hf_name(gguf_name: str, path: Path) -> str:
     raise EntmtpError(f"{path}: tensor {gguf_name!r} is not part of a llama model entmtp can import")
 
 
-def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation.
 
     w: [n_head * head_dim, ...] (a weight [out, in] or a bias [out]). The GGUF
@@ -260,7 +260,7 @@ def _convert_tensors(gf: GGUFFile, h: dict, path: Path, dtype: str) -> dict:
     torch_dtype = getattr(torch, _DTYPES[dtype])
     out: dict[str, "torch.Tensor"] = {}
     for gguf_name, shape, qtype, data in gf.tensors:
-        name = _hf_name(gguf_name, path)
+        name = hf_name(gguf_name, path)
         try:
             arr = gguf.quants.dequantize(data, qtype)
         except NotImplementedError:
@@ -271,9 +271,9 @@ def _convert_tensors(gf: GGUFFile, h: dict, path: Path, dtype: str) -> dict:
             arr = arr.copy()
         arr = arr.astype(np.float32, copy=False).reshape(shape)
         if name.endswith(("q_proj.weight", "q_proj.bias")):
-            arr = _unpermute_rope_rows(arr, h["n_head"])
+            arr = unpermute_rope_rows(arr, h["n_head"])
         elif name.endswith(("k_proj.weight", "k_proj.bias")):
-            arr = _unpermute_rope_rows(arr, h["n_kv"])
+            arr = unpermute_rope_rows(arr, h["n_kv"])
         out[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(torch_dtype)
     _check_shapes(out, h, path)
     return out

@@ -23,10 +23,12 @@ from entmtp import reference
 from entmtp.model.attention import StepAttention
 from entmtp.model.config import ModelConfig, rope_inverse_frequencies
 from entmtp.model.linear import bf16_linear
+from entmtp.model.quant import Precision, QuantizedWeight, embedding, precision_of
 
 
 @dataclasses.dataclass
 class LayerWeights:
+    # Matrices are float tensors or QuantizedWeight blocks (entmtp.model.quant).
     input_norm: torch.Tensor      # [H]
     qkv: torch.Tensor             # [(Hq + 2 Hkv) D, H]
     qkv_bias: Optional[torch.Tensor]  # [(Hq + 2 Hkv) D] (qwen2) or None
@@ -58,8 +60,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     run slow and single-threaded, while the transposed product takes its fast
     multi-threaded path (measured 1.65x faster decode on a 2-core AVX2 machine).
     M = 1 is padded to 2 rows for the same reason. bf16 weights on the CPU take the
-    backend measured fastest for the shape (entmtp.model.linear).
+    backend measured fastest for the shape (entmtp.model.linear). Quantized weights take
+    linear_quant (csrc/kernels/linear_quant.h).
     """
+    if isinstance(weight, QuantizedWeight):
+        return weight.linear(x, bias)
     if (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         # Our kernel (csrc/kernels/linear_bf16w.h, per ISA) or torch's oneDNN, whichever
@@ -94,15 +99,17 @@ class LayerOps:
 
 
 class LlamaModel:
-    def __init__(self, config: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
-                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+    def __init__(self, config: ModelConfig, embed: torch.Tensor | QuantizedWeight, layers: list[LayerWeights],
+                 final_norm: torch.Tensor, lm_head: torch.Tensor | QuantizedWeight,
+                 precision: Optional[Precision] = None):
         self.config = config
-        self.embed = embed            # [V, H]
+        self.embed = embed            # [V, H] (float or quantized blocks)
         self.layers = layers
-        self.final_norm = final_norm  # [H]
-        self.lm_head = lm_head        # [V, H]; the same tensor as embed when tied
-        self.dtype = embed.dtype
-        self.device = embed.device
+        self.final_norm = final_norm  # [H], in the activation dtype
+        self.lm_head = lm_head        # [V, H]; the same object as embed when tied
+        self.precision = precision or precision_of(embed.dtype)
+        self.dtype = self.precision.activations  # activations and KV cache
+        self.device = final_norm.device
         inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)
         self._inv_freq = inv_freq  # [D/2]
         self._rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -166,7 +173,7 @@ class LlamaModel:
 
         attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
                                            self.device)  # the backend and mask every layer shares
-        x = self.embed[input_ids].reshape(rows, cfg.hidden_size)  # residual stream [B T, H]
+        x = embedding(input_ids, self.embed, self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
         h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
         for index, layer in enumerate(self.layers):

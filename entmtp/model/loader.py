@@ -18,8 +18,7 @@ from entmtp.errors import EntmtpError, UsageError
 from entmtp.model.checkpoint import check_tensors, read_tensors
 from entmtp.model.config import ModelConfig
 from entmtp.model.llama import LayerWeights, LlamaModel
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+from entmtp.model.quant import PRECISIONS, Precision, QuantizedWeight, precision_of
 
 # Buffers some exporters save that carry nothing we need (RoPE is recomputed).
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -32,13 +31,16 @@ class LoadedModel:
     model: LlamaModel
     tokenizer: "object"
     eos_token_ids: tuple[int, ...]
+    precision: Precision  # what --dtype asked for: activation dtype and weight format
 
 
-def parse_dtype(name: str) -> torch.dtype:
+def parse_dtype(name: str) -> Precision:
+    """--dtype NAME: bf16, fp32, fp16, or quantized weights q4_1, q8_0 (bf16 activations)
+    and q4_1-fp32, q8_0-fp32 (fp32 activations), see entmtp.model.quant."""
     try:
-        return DTYPES[name]
+        return PRECISIONS[name]
     except KeyError:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {name!r}") from None
+        raise UsageError(f"--dtype must be one of {', '.join(PRECISIONS)}, not {name!r}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,9 +111,19 @@ def _check_tensors(folder: Path, cfg: ModelConfig, tensors: dict[str, torch.Tens
     check_tensors(f"model folder {folder}", tensors, _expected_shapes(cfg))
 
 
-def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], device: torch.device) -> LlamaModel:
+def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], device: torch.device,
+                precision: Precision | None = None) -> LlamaModel:
+    precision = precision or precision_of(tensors["model.norm.weight"].dtype)
+
     def take(name: str) -> torch.Tensor:
-        return tensors.pop(name).to(device).contiguous()
+        t = tensors.pop(name)
+        return t if isinstance(t, QuantizedWeight) else t.to(device).contiguous()
+
+    def cat(parts: list) -> torch.Tensor:
+        if isinstance(parts[0], QuantizedWeight):
+            from entmtp.model.quant_load import fused
+            return fused(parts, precision)
+        return torch.cat(parts)
 
     layers = []
     for i in range(cfg.num_hidden_layers):
@@ -121,16 +133,16 @@ def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], device: torc
             qkv_bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
         layers.append(LayerWeights(
             input_norm=take(p + "input_layernorm.weight"),
-            qkv=torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+            qkv=cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
             qkv_bias=qkv_bias,
             o=take(p + "self_attn.o_proj.weight"),
             post_norm=take(p + "post_attention_layernorm.weight"),
-            gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
+            gate_up=cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
             down=take(p + "mlp.down_proj.weight"),
         ))
     embed = take("model.embed_tokens.weight")
     lm_head = embed if cfg.tie_word_embeddings else take("lm_head.weight")
-    return LlamaModel(cfg, embed, layers, take("model.norm.weight"), lm_head)
+    return LlamaModel(cfg, embed, layers, take("model.norm.weight"), lm_head, precision)
 
 
 def read_eos_ids(folder: Path, tokenizer) -> tuple[int, ...]:
@@ -151,20 +163,30 @@ def read_eos_ids(folder: Path, tokenizer) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
-def load_model(name_or_path: Optional[str], dtype: torch.dtype = torch.bfloat16,
+def load_model(name_or_path: Optional[str], dtype: Precision | torch.dtype = torch.bfloat16,
                device: torch.device | str = "cpu") -> LoadedModel:
+    """`dtype`: a Precision (parse_dtype) or a torch dtype (float weights in it)."""
     from entmtp.model.registry import resolve_model
     from entmtp.model.tokenizer import Tokenizer
 
+    precision = precision_of(dtype)
+    if precision.weights is not None and torch.device(device).type != "cpu":
+        raise UsageError(f"--dtype {precision.name} runs on the CPU only (its kernels are CPU kernels); "
+                         f"use --dtype bf16 on {device}")
     folder = Path(resolve_model(name_or_path))
     if not folder.is_dir():
         raise EntmtpError(f"model folder {folder} does not exist")
     cfg = ModelConfig.from_folder(folder)
     tokenizer = Tokenizer.from_folder(folder)
-    tensors = _read_tensors(_weight_files(folder), dtype)
+    files = _weight_files(folder)
+    if precision.weights is None:
+        tensors = _read_tensors(files, precision.activations)
+    else:
+        from entmtp.model.quant_load import quantized_tensors
+        tensors = quantized_tensors(folder, files, precision, cfg)
     _check_tensors(folder, cfg, tensors)
-    model = build_model(cfg, tensors, torch.device(device))
-    return LoadedModel(folder, cfg, model, tokenizer, read_eos_ids(folder, tokenizer))
+    model = build_model(cfg, tensors, torch.device(device), precision)
+    return LoadedModel(folder, cfg, model, tokenizer, read_eos_ids(folder, tokenizer), precision)
 
 
 def model_fingerprint(loaded: LoadedModel) -> dict:

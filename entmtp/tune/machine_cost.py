@@ -45,13 +45,12 @@ ENV_FILE = "ENTMTP_COST_CURVE"
 # measurement stays under about a minute on the machines we know.
 MEASURE_BUDGET_S = 40.0
 MEASURE_REPEATS = 9
-_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 
 
 def cost_key(loaded: LoadedModel, heads, draft_vocab_size: Optional[int]) -> dict:
     """What a cost curve holds for besides the machine: model, heads, dtype, draft vocabulary."""
     return {"model": model_fingerprint(loaded), "heads": {"kind": heads.kind, "fingerprint": heads_fingerprint(heads)},
-            "dtype": _DTYPE_NAMES.get(loaded.model.dtype, str(loaded.model.dtype)),
+            "dtype": loaded.precision.name,
             "draft_vocab": draft_vocab_size}
 
 
