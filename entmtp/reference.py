@@ -211,9 +211,9 @@ def linear_quant_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tenso
     return torch.nn.functional.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
-# bf16 x of at most this many rows takes the int8 kernel on the avx512bf16 and amx
-# paths (ENTMTP_QUANT_INT8_MAX_ROWS, csrc/isa/table_impl.h).
-INT8_MAX_ROWS = 4
+# bf16 x of at most this many rows takes linear_quant's int8 kernel, per CPU path
+# (ENTMTP_QUANT_INT8_MAX_ROWS[_AVX2], csrc/isa/table_impl.h); portable has none.
+INT8_MAX_ROWS = {"portable": 0, "avx2": 32, "avx512": 32, "avx512bf16": 4, "amx": 4}
 
 
 def quantize_activations_ref(x: Tensor) -> Tensor:
@@ -223,9 +223,12 @@ def quantize_activations_ref(x: Tensor) -> Tensor:
     m = x.shape[0]
     xb = x.float().reshape(m, -1, 32)
     amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # 127 / max |x| correctly rounded to fp32, like the kernels' division (torch's own
+    # fp32 division can be an ulp off, which moves a near-tie qx by one).
+    inv = torch.where(amax > 0, (127.0 / amax.double()).float(), torch.zeros_like(amax))
     q = torch.round(xb * inv)
-    return (q.double() * (amax / 127.0).double()).reshape(m, -1)
+    dx = (amax.double() / 127.0).float().double()  # fp32, correctly rounded
+    return (q.double() * dx).reshape(m, -1)
 
 
 def linear_quant_int8_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tensor] = None) -> Tensor:

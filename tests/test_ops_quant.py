@@ -4,7 +4,7 @@ Tolerances: fp32 x within 1e-5 * sqrt(K) of the fp64 product of the same
 dequantized weights (the kernels' dequantized values are the reference's
 exactly, so only the fp32 accumulation differs); bf16 x within twice torch's own
 error for bf16 x against the bf16-rounded dequantized weights, plus 1e-6; bf16 x
-on the int8 path (few rows, AVX-512 VNNI) within the output's bf16 rounding of
+on the int8 path (few rows; VNNI or AVX2 maddubs) within the output's bf16 rounding of
 linear_quant_int8_ref plus 1e-5 * sqrt(K).
 Run on every ISA path this CPU has by tests/test_isa_dispatch.py.
 """
@@ -17,11 +17,10 @@ import entmtp.ops  # noqa: F401  (registers torch.ops.entmtp.*)
 from entmtp.reference import INT8_MAX_ROWS, dequantize_ref, linear_quant_int8_ref, linear_quant_ref
 
 QTYPES = {0: gguf.GGMLQuantizationType.Q4_1, 1: gguf.GGMLQuantizationType.Q8_0}
-INT8_PATHS = ("avx512bf16", "amx")  # the paths with the int8 VNNI kernel
 
 
 def int8_path(M: int) -> bool:
-    return torch.ops.entmtp.cpu_isa() in INT8_PATHS and M <= INT8_MAX_ROWS
+    return M <= INT8_MAX_ROWS[torch.ops.entmtp.cpu_isa()]
 # K = 96 and 224 end a row with a partial 4-block group on the int8 path (M <= 4).
 SHAPES = [(1, 576, 960), (3, 1536, 576), (4, 32, 17), (2, 96, 20), (1, 224, 9), (17, 64, 40), (64, 576, 3072),
           (130, 96, 577)]

@@ -10,6 +10,8 @@
 #include "kernels/tree_attention.h"
 #if ENTMTP_ISA_LEVEL >= 3
 #include "kernels/linear_q8.h"
+#elif ENTMTP_ISA_LEVEL >= 1
+#include "kernels/linear_q8_avx2.h"
 #endif
 #if ENTMTP_ISA_LEVEL >= 4
 #include "kernels/linear_amx.h"
@@ -70,92 +72,78 @@ void linear_run(const LinearArgs& a, const void* packed, int64_t m0, int64_t m1,
 }
 
 // ---- quantized linear (kernels/linear_quant.h) -------------------------------
-// Up to this many bf16 rows the int8 VNNI kernel runs (kernels/linear_q8.h): no
-// dequantization. Measured on a 2-core Emerald Rapids (3072 x 576 Q4_1): 4 rows
-// cost 115 us on it, 5 rows 170 us on it and on the dequantizing path alike.
+// Up to this many bf16 rows the int8 kernel runs (kernels/linear_q8.h with VNNI,
+// linear_q8_avx2.h without): no dequantization. Measured on a 2-core Emerald
+// Rapids (3072 x 576 Q4_1, amx path): 4 rows cost 115 us on it, 5 rows 170 us on
+// it and on the dequantizing path alike. Without VNNI the dequantizing path has no
+// fast unpacking (plain loops, then bf16 widened again for the FMA): on the avx2
+// path forced on the same CPU the int8 kernel cost 0.1x of it at 1 row, 0.4x at
+// 8, 0.65x at 32 and about the same at 64, hence up to 32 rows there.
 #ifndef ENTMTP_QUANT_INT8_MAX_ROWS
 #define ENTMTP_QUANT_INT8_MAX_ROWS 4
+#endif
+#ifndef ENTMTP_QUANT_INT8_MAX_ROWS_AVX2
+#define ENTMTP_QUANT_INT8_MAX_ROWS_AVX2 32
 #endif
 bool qlinear_uses_int8(const QuantLinearArgs& a) {
 #if ENTMTP_ISA_LEVEL >= 3
   return a.x_bf16 && a.M <= ENTMTP_QUANT_INT8_MAX_ROWS && a.K / 32 <= q8_detail::kMaxBlocks;
+#elif ENTMTP_ISA_LEVEL >= 1
+  return a.x_bf16 && a.M <= ENTMTP_QUANT_INT8_MAX_ROWS_AVX2 && a.K / 32 <= q8_detail::kMaxBlocks;
 #else
   (void)a;
   return false;
 #endif
 }
-#if ENTMTP_ISA_LEVEL >= 4
-// A dequantized group takes the tiles from this many rows on; below it (K too
-// large for the int8 kernel) vdpbf16ps, which from L1 costs ~1 cycle a block a
-// row where a 16-row tile at one row costs ~7 (measured in L2, Emerald Rapids).
-#ifndef ENTMTP_QUANT_AMX_MIN_ROWS
-#define ENTMTP_QUANT_AMX_MIN_ROWS 4
-#endif
-bool qlinear_uses_amx(const QuantLinearArgs& a) {
-  return a.x_bf16 && !qlinear_uses_int8(a) && a.M >= ENTMTP_QUANT_AMX_MIN_ROWS &&
-         linear_uses_amx(quant_detail::as_linear(a));
-}
-#endif
 // Rows per dequantized group: the AMX kernel's 64-row groups, else 16 (a bf16
 // group of 16 x 1536 is 48 KB: the L1 of the CPUs measured).
 int64_t qlinear_n_block(const QuantLinearArgs& a) {
-#if ENTMTP_ISA_LEVEL >= 4
-  if (qlinear_uses_amx(a)) return 64;
-#endif
-  (void)a;
+  if (a.x_bf16 && !qlinear_uses_int8(a)) return std::max<int64_t>(16, linear_n_block(quant_detail::as_linear(a)));
   return 16;
 }
 int64_t qlinear_scratch_bytes(const QuantLinearArgs& a) {
   return qlinear_uses_int8(a) ? 0 : qlinear_n_block(a) * a.K * (a.x_bf16 ? 2 : 4);
 }
-// bf16 x packs as linear_bf16w packs it (the AMX VNNI tiles when the tiles run,
-// then the vdpbf16ps / widening layout); fp32 x is read in place.
+// bf16 x packs as linear_bf16w packs it (the int8 layout, or AMX VNNI tiles then
+// the vdpbf16ps / widening layout); fp32 x is read in place.
 int64_t qlinear_pack_bytes(const QuantLinearArgs& a) {
   if (!a.x_bf16) return 0;
-#if ENTMTP_ISA_LEVEL >= 3
+#if ENTMTP_ISA_LEVEL >= 1
   if (qlinear_uses_int8(a)) return a.M * q8_detail::x_row_bytes(a.qtype, a.K);
 #endif
-  const LinearArgs la = quant_detail::as_linear(a);
-#if ENTMTP_ISA_LEVEL >= 4
-  if (qlinear_uses_amx(a)) return amx_detail::vnni_bytes(la) + linear_simd_pack_bytes(la);
-#endif
-  return linear_simd_pack_bytes(la);
+  return linear_pack_bytes(quant_detail::as_linear(a));
 }
 void qlinear_pack(const QuantLinearArgs& a, void* packed) {
   if (!a.x_bf16) return;
-#if ENTMTP_ISA_LEVEL >= 3
+#if ENTMTP_ISA_LEVEL >= 1
   if (qlinear_uses_int8(a)) {
-    for (int64_t m = 0; m < a.M; ++m) {
-      const uint16_t* x = static_cast<const uint16_t*>(a.x) + m * a.x_stride;
-      char* out = static_cast<char*>(packed) + m * q8_detail::x_row_bytes(a.qtype, a.K);
-      if (a.qtype == QType::kQ4_1) q8_detail::pack_row<QType::kQ4_1>(x, a.K, out);
-      else q8_detail::pack_row<QType::kQ8_0>(x, a.K, out);
-    }
+    for (int64_t m = 0; m < a.M; ++m)
+      q8_detail::pack_row(a.qtype, static_cast<const uint16_t*>(a.x) + m * a.x_stride, a.K,
+                          static_cast<char*>(packed) + m * q8_detail::x_row_bytes(a.qtype, a.K));
     return;
   }
 #endif
-  const LinearArgs la = quant_detail::as_linear(a);
-#if ENTMTP_ISA_LEVEL >= 4
-  if (qlinear_uses_amx(a)) {
-    amx_pack(la, static_cast<uint16_t*>(packed), 0, la.M);
-    packed = static_cast<char*>(packed) + amx_detail::vnni_bytes(la);
-  }
-#endif
-  linear_simd_pack(la, packed, 0, la.M);
+  linear_pack(quant_detail::as_linear(a), packed);
 }
 void qlinear_run(const QuantLinearArgs& a, const void* packed, void* scratch, int64_t m0, int64_t m1, int64_t n0,
                  int64_t n1) {
   using namespace quant_detail;
   const int64_t G = qlinear_n_block(a);
   LinearArgs la = as_linear(a);
-#if ENTMTP_ISA_LEVEL >= 3
+#if ENTMTP_ISA_LEVEL >= 1
   if (qlinear_uses_int8(a)) {
     const char* xp = static_cast<const char*>(packed);
     auto t = [&](auto nr, auto mr, int64_t m, int64_t n) {
-      if (a.qtype == QType::kQ4_1) q8_detail::tile<QType::kQ4_1, decltype(nr)::value, decltype(mr)::value>(a, la, xp, m, n);
-      else q8_detail::tile<QType::kQ8_0, decltype(nr)::value, decltype(mr)::value>(a, la, xp, m, n);
+      constexpr int NR = decltype(nr)::value, MR = decltype(mr)::value;
+      if (a.qtype == QType::kQ4_1) q8_detail::tile<QType::kQ4_1, NR, MR>(a, la, xp, m, n);
+      else q8_detail::tile<QType::kQ8_0, NR, MR>(a, la, xp, m, n);
     };
+#if ENTMTP_ISA_LEVEL >= 3
     linear_detail::blocks_loop<4, 4>(m0, m1, n0, n1, t);
+#else  // 16 ymm registers
+    if (m1 - m0 == 1) linear_detail::blocks_loop<4, 1>(m0, m1, n0, n1, t);
+    else linear_detail::blocks_loop<2, 2>(m0, m1, n0, n1, t);
+#endif
     return;
   }
 #endif
@@ -166,13 +154,7 @@ void qlinear_run(const QuantLinearArgs& a, const void* packed, void* scratch, in
       uint16_t* w = static_cast<uint16_t*>(scratch);
       dequant_rows(a, n, g, w);
       la.w = w;
-#if ENTMTP_ISA_LEVEL >= 4
-      if (qlinear_uses_amx(a)) {
-        linear_run(la, packed, m0, m1, n, n + g);
-        continue;
-      }
-#endif
-      linear_simd_run(la, packed, m0, m1, n, n + g);
+      linear_run(la, packed, m0, m1, n, n + g);
       continue;
     }
     const float* w = static_cast<float*>(scratch);

@@ -25,7 +25,8 @@
 namespace entmtp {
 namespace kernels {
 
-// Ordered: every path may use what the ones before it use.
+// Ordered: every path may use what the ones before it use. avx512bf16 also
+// requires AVX-512 VNNI (every CPU with AVX-512-BF16 has it), for linear_q8.h.
 enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 constexpr int kIsaCount = 5;
 // ENTMTP_ISA values, indexed by Isa.

@@ -98,6 +98,11 @@ void pack_row(const uint16_t* x, int64_t K, char* out) {
   }
 }
 
+inline void pack_row(QType q, const uint16_t* x, int64_t K, char* out) {
+  if (q == QType::kQ4_1) pack_row<QType::kQ4_1>(x, K, out);
+  else pack_row<QType::kQ8_0>(x, K, out);
+}
+
 // Bytes [0, n) of p as one zmm (zeros past n), n <= 64.
 inline __m512i load_upto(const uint8_t* p, int64_t n) {
   if (n >= 64) return _mm512_loadu_si512(p);

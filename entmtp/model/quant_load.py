@@ -54,7 +54,7 @@ def gguf_blocks(gguf_path: Path, cfg: ModelConfig, precision: Precision) -> dict
         out[name] = QuantizedWeight(torch.from_numpy(np.ascontiguousarray(rows)), kind.lower())
         if kind.lower() != precision.weights:
             others[kind] = others.get(kind, 0) + 1
-    if others:
+    if others and len(others) == len({q.qtype for q in out.values()}):  # none is in the format asked for
         kept = ", ".join(f"{n} in {k}" for k, n in sorted(others.items()))
         print(f"entmtp: --dtype {precision.name}: the GGUF's own blocks run as they are ({kept}); "
               f"only float tensors are quantized to {precision.weights}", file=sys.stderr)
