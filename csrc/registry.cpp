@@ -45,6 +45,9 @@ TORCH_LIBRARY(entmtp, m) {
   m.def("cpu_isa() -> str", &entmtp::cpu_isa_name);
   // Every path this CPU can run, lowest first.
   m.def("cpu_isa_available() -> str[]", &entmtp::cpu_isa_available);
+  // Up to how many bf16 rows linear_quant takes its int8 kernel on the active
+  // path (reference.linear_quant_int8_ref is its spec; 0: none).
+  m.def("linear_quant_int8_rows() -> int", &entmtp::linear_quant_int8_rows);
 }
 
 static struct PyModuleDef entmtp_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

@@ -211,11 +211,6 @@ def linear_quant_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tenso
     return torch.nn.functional.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
-# bf16 x of at most this many rows takes linear_quant's int8 kernel, per CPU path
-# (ENTMTP_QUANT_INT8_MAX_ROWS[_AVX2], csrc/isa/table_impl.h); portable has none.
-INT8_MAX_ROWS = {"portable": 0, "avx2": 32, "avx512": 32, "avx512bf16": 4, "amx": 4}
-
-
 def quantize_activations_ref(x: Tensor) -> Tensor:
     """What linear_quant's int8 kernel multiplies for x [M, K]: per 32-column block,
     dx = max |x| / 127 and qx = x * (127 / max |x|) rounded to nearest even (fp32),
@@ -232,7 +227,8 @@ def quantize_activations_ref(x: Tensor) -> Tensor:
 
 
 def linear_quant_int8_ref(x: Tensor, weight: Tensor, qtype: int, bias: Optional[Tensor] = None) -> Tensor:
-    """Spec of linear_quant's int8 path (bf16 x, few rows, AVX-512 VNNI): the
+    """Spec of linear_quant's int8 path (bf16 x of at most
+    torch.ops.entmtp.linear_quant_int8_rows() rows): the
     int8-rounded activations against the exact dequantized weights, in float64 [M, N]."""
     w = dequantize_ref(weight, qtype, torch.float64)
     out = quantize_activations_ref(x) @ w.t()

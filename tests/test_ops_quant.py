@@ -14,13 +14,19 @@ import pytest
 import torch
 
 import entmtp.ops  # noqa: F401  (registers torch.ops.entmtp.*)
-from entmtp.reference import INT8_MAX_ROWS, dequantize_ref, linear_quant_int8_ref, linear_quant_ref
+from entmtp.reference import dequantize_ref, linear_quant_int8_ref, linear_quant_ref
 
 QTYPES = {0: gguf.GGMLQuantizationType.Q4_1, 1: gguf.GGMLQuantizationType.Q8_0}
 
 
 def int8_path(M: int) -> bool:
-    return M <= INT8_MAX_ROWS[torch.ops.entmtp.cpu_isa()]
+    return M <= torch.ops.entmtp.linear_quant_int8_rows()
+
+
+def test_int8_rows_by_path():
+    # VNNI paths hand over to the dequantizing route early (it has fast unpacking there).
+    rows = torch.ops.entmtp.linear_quant_int8_rows()
+    assert rows == {"portable": 0, "avx2": 32, "avx512": 32, "avx512bf16": 4, "amx": 4}[torch.ops.entmtp.cpu_isa()]
 # K = 96 and 224 end a row with a partial 4-block group on the int8 path (M <= 4).
 SHAPES = [(1, 576, 960), (3, 1536, 576), (4, 32, 17), (2, 96, 20), (1, 224, 9), (17, 64, 40), (64, 576, 3072),
           (130, 96, 577)]

@@ -118,6 +118,8 @@ const KernelTable& active_kernels() {
 
 std::string cpu_isa_name() { return kernels::kIsaNames[static_cast<int>(active_kernels().isa)]; }
 
+int64_t linear_quant_int8_rows() { return active_kernels().qlinear_int8_max_rows; }
+
 std::vector<std::string> cpu_isa_available() {
   std::vector<std::string> out;
   for (int i = 0; i <= static_cast<int>(best_runnable()); ++i) out.emplace_back(kernels::kIsaNames[i]);

@@ -21,5 +21,8 @@ const kernels::KernelTable& active_kernels();
 // lowest first.
 std::string cpu_isa_name();
 std::vector<std::string> cpu_isa_available();
+// Backs linear_quant_int8_rows() -> int: up to how many bf16 rows the active
+// path's linear_quant takes its int8 kernel (0: none).
+int64_t linear_quant_int8_rows();
 
 }  // namespace entmtp

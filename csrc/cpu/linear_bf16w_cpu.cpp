@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/isa_select.h"
+#include "cpu/linear_common.h"
 
 namespace entmtp {
 namespace {
@@ -50,14 +51,11 @@ at::Tensor linear_bf16w_cpu(const at::Tensor& x, const at::Tensor& weight,
   // Activations are small next to the weights: packed once per call into the
   // layout of the chosen path (fp32 chunk-permuted, bf16, or AMX VNNI tiles).
   std::vector<char> packed(kt.linear_pack_bytes(a) + 64);
-  void* pp = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+  void* pp = align64(packed);
   kt.linear_pack(a, pp);
   const int64_t nb = kt.linear_n_block(a);
   const int64_t blocks = (N + nb - 1) / nb;
-  // Long inputs (prefill) go in slices of rows (multiples of 16, the AMX
-  // block) that stay in L2 while all weight blocks stream past; each slice
-  // re-reads the weights once.
-  const int64_t slice = std::max<int64_t>(16, (256 * 1024 / 4) / K) / 16 * 16;
+  const int64_t slice = row_slice(K);  // prefill: slices of rows that stay in L2
   for (int64_t m0 = 0; m0 < M; m0 += slice) {
     const int64_t m1 = std::min(M, m0 + slice);
     // Chunks of at least ~64K multiply-adds so threading pays off.

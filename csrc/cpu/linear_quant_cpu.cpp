@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/isa_select.h"
+#include "cpu/linear_common.h"
 
 namespace entmtp {
 namespace {
@@ -20,7 +21,7 @@ namespace {
 void* thread_scratch(int64_t bytes) {
   thread_local std::vector<char> buf;
   if (static_cast<int64_t>(buf.size()) < bytes + 64) buf.resize(bytes + 64);
-  return buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+  return align64(buf);
 }
 
 at::Tensor linear_quant_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t qtype,
@@ -61,13 +62,11 @@ at::Tensor linear_quant_cpu(const at::Tensor& x, const at::Tensor& weight, int64
 
   const kernels::KernelTable& kt = active_kernels();
   std::vector<char> packed(kt.qlinear_pack_bytes(a) + 64);
-  void* pp = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+  void* pp = align64(packed);
   kt.qlinear_pack(a, pp);
   const int64_t nb = kt.qlinear_n_block(a), scratch = kt.qlinear_scratch_bytes(a);
   const int64_t blocks = (N + nb - 1) / nb;
-  // Long inputs (prefill) in slices of rows (multiples of 16, the AMX block)
-  // that stay in L2 while the groups pass; each slice dequantizes again.
-  const int64_t slice = std::max<int64_t>(16, (256 * 1024 / 4) / K) / 16 * 16;
+  const int64_t slice = row_slice(K);  // prefill: each slice dequantizes again
   for (int64_t m0 = 0; m0 < M; m0 += slice) {
     const int64_t m1 = std::min(M, m0 + slice);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {

@@ -85,11 +85,16 @@ void linear_run(const LinearArgs& a, const void* packed, int64_t m0, int64_t m1,
 #ifndef ENTMTP_QUANT_INT8_MAX_ROWS_AVX2
 #define ENTMTP_QUANT_INT8_MAX_ROWS_AVX2 32
 #endif
-bool qlinear_uses_int8(const QuantLinearArgs& a) {
 #if ENTMTP_ISA_LEVEL >= 3
-  return a.x_bf16 && a.M <= ENTMTP_QUANT_INT8_MAX_ROWS && a.K / 32 <= q8_detail::kMaxBlocks;
+constexpr int64_t kInt8MaxRows = ENTMTP_QUANT_INT8_MAX_ROWS;
 #elif ENTMTP_ISA_LEVEL >= 1
-  return a.x_bf16 && a.M <= ENTMTP_QUANT_INT8_MAX_ROWS_AVX2 && a.K / 32 <= q8_detail::kMaxBlocks;
+constexpr int64_t kInt8MaxRows = ENTMTP_QUANT_INT8_MAX_ROWS_AVX2;
+#else
+constexpr int64_t kInt8MaxRows = 0;
+#endif
+bool qlinear_uses_int8(const QuantLinearArgs& a) {
+#if ENTMTP_ISA_LEVEL >= 1
+  return a.x_bf16 && a.M <= kInt8MaxRows && a.K / 32 <= q8_detail::kMaxBlocks;
 #else
   (void)a;
   return false;
@@ -261,6 +266,7 @@ const KernelTable* kernel_table() {
       &attention_plan_fn, &attention_items, &attention_combine_fn,
       &entropy_scan_fn,
       &qlinear_pack_bytes, &qlinear_n_block, &qlinear_scratch_bytes, &qlinear_pack, &qlinear_run,
+      kInt8MaxRows,
   };
   return &table;
 }

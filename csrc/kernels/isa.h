@@ -150,6 +150,8 @@ struct KernelTable {
   void (*qlinear_pack)(const QuantLinearArgs& a, void* packed);
   void (*qlinear_run)(const QuantLinearArgs& a, const void* packed, void* scratch, int64_t m0, int64_t m1,
                       int64_t n0, int64_t n1);
+  // bf16 x of at most this many rows takes the int8 kernel (0: this path has none).
+  int64_t qlinear_int8_max_rows;
 };
 
 // One accessor per compiled path (csrc/isa/<path>.cpp); nullptr where the

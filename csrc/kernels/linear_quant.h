@@ -1,6 +1,10 @@
 // y[m, n] = sum_k x[m, k] * dequant(w)[n, k] (+ bias[n]) with the weights kept
 // in their GGUF blocks (Q4_1, Q8_0: kernels/isa.h), one code path per ISA.
 //
+// Two routes (csrc/isa/table_impl.h picks): bf16 x of few rows takes the int8
+// kernels of linear_q8.h (VNNI) / linear_q8_avx2.h, which need no dequantization;
+// everything else dequantizes here.
+//
 // Why dequantize-into-scratch: a decode step verifies 1 to 128 rows, and on a
 // CPU the cost of a quantized matmul is streaming the blocks (0.625 bytes a
 // weight for Q4_1 against 2 for bf16) plus unpacking them. Unpacking once per

@@ -14,6 +14,9 @@ import torch
 
 from entmtp.errors import EntmtpError
 
+# Buffers some exporters save that carry nothing a model needs (RoPE is recomputed).
+SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+
 # How many offending key names an error message lists before "…".
 KEYS_SHOWN = 5
 

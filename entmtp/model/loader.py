@@ -15,13 +15,10 @@ from typing import Optional
 import torch
 
 from entmtp.errors import EntmtpError, UsageError
-from entmtp.model.checkpoint import check_tensors, read_tensors
+from entmtp.model.checkpoint import SKIPPED_SUFFIXES, check_tensors, read_tensors
 from entmtp.model.config import ModelConfig
 from entmtp.model.llama import LayerWeights, LlamaModel
 from entmtp.model.quant import PRECISIONS, Precision, QuantizedWeight, precision_of
-
-# Buffers some exporters save that carry nothing we need (RoPE is recomputed).
-_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclasses.dataclass
@@ -74,7 +71,7 @@ def _weight_files(folder: Path) -> list[Path]:
 def _read_tensors(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        tensors.update(read_tensors(path, select=lambda names: [n for n in names if not n.endswith(_SKIPPED_SUFFIXES)],
+        tensors.update(read_tensors(path, select=lambda names: [n for n in names if not n.endswith(SKIPPED_SUFFIXES)],
                                     dtype=dtype))
     return tensors
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entmtp.errors import EntmtpError, UsageError
-from entmtp.model.checkpoint import read_tensors
+from entmtp.errors import UsageError
+from entmtp.model.checkpoint import SKIPPED_SUFFIXES, read_tensors
 from entmtp.model.config import ModelConfig
 from entmtp.model.quant import BLOCK, QTYPES, Precision, QuantizedWeight, quantize
 
 _FLOAT_GGML_TYPES = ("F32", "F16", "BF16")
-_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def gguf_blocks(gguf_path: Path, cfg: ModelConfig, precision: Precision) -> dict[str, QuantizedWeight]:
@@ -70,7 +69,7 @@ def quantized_tensors(folder: Path, files: list[Path], precision: Precision,
     out: dict[str, torch.Tensor | QuantizedWeight] = dict(kept)
     for path in files:
         floats = read_tensors(path, select=lambda names: [
-            n for n in names if n not in kept and not n.endswith(_SKIPPED_SUFFIXES)], dtype=torch.float32)
+            n for n in names if n not in kept and not n.endswith(SKIPPED_SUFFIXES)], dtype=torch.float32)
         for name, t in floats.items():
             if t.dim() != 2:
                 out[name] = t.to(precision.activations)
@@ -83,10 +82,9 @@ def quantized_tensors(folder: Path, files: list[Path], precision: Precision,
 
 
 def fused(parts: list[QuantizedWeight], precision: Precision) -> QuantizedWeight:
-    """Row-wise concatenation (fused q/k/v and gate/up). Parts a GGUF stores in two
+    """Row-wise concatenation (fused q/k/v and gate/up; quantized_tensors quantizes every
+    2-D tensor, so all parts are quantized). Parts a GGUF stores in two
     different formats are all re-quantized to the `--dtype` format (said on stderr)."""
-    if not all(isinstance(p, QuantizedWeight) for p in parts):
-        raise EntmtpError("fused weights must all be quantized")
     if len({p.qtype for p in parts}) > 1:
         print(f"entmtp: fused weights come in {', '.join(sorted({p.qtype for p in parts}))}; "
               f"re-quantized to {precision.weights}", file=sys.stderr)
