@@ -39,11 +39,14 @@ def bench(
     cost_curve: Path | None = typer.Option(None, "--cost-curve", help="Bank methods: derive each task's bank on "
                                            "this cost-curve file instead of this machine's (measured on first use, "
                                            "then cached)."),
+    heads: str | None = typer.Option(None, "--heads", help="KIND=PATH[,KIND=PATH]: these heads for the methods "
+                                     "of that kind (hydrapp=runs/x/heads: hydrapp, hydrapp@TREE, BANK@hydrapp) "
+                                     "instead of the shipped ones."),
 ) -> None:
     """Speed and quality of every method and peer on the benchmark tasks, side by side."""
     from rich.console import Console
 
-    from entmtp.bench.config import BenchConfig, parse_methods, parse_tasks
+    from entmtp.bench.config import BenchConfig, parse_heads, parse_methods, parse_tasks
     from entmtp.bench.run import run_bench
     from entmtp.bench.summary import print_summary
 
@@ -61,7 +64,8 @@ def bench(
     cfg = BenchConfig(tasks=parse_tasks(task), methods=parse_methods(methods, exact_check), out=out, model=model,
                       data=data, split=split, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                       dtype=dtype or ("fp32" if exact_check else "bf16"), device=device,
-                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis, cost_curve=cost_curve)
+                      exact_check=exact_check, resume=resume, plot=plot, analysis=analysis, cost_curve=cost_curve,
+                      heads=parse_heads(heads))
     console = Console(stderr=True)
     summary = run_bench(cfg, console)
     # Piped output gets a wide table rather than rich's 80-column wrapping.

@@ -18,7 +18,8 @@ DEFAULT_DTYPE, DEFAULT_DEVICE = "bf16", "cpu"
 def calibrate(
     task: str | None = typer.Option(None, "--task", help="humaneval, sharegpt, gsm8k or litbench "
                                     "(its calibration split)."),
-    head_kind: HeadKind | None = typer.Option(None, "--head-kind", help="Which heads: hydra or medusa "
+    head_kind: HeadKind | None = typer.Option(None, "--head-kind", help="Which heads: hydra, medusa or "
+                                              "hydrapp "
                                               "(default hydra)."),
     heads_path: str | None = typer.Option(None, "--heads", help="Heads file or folder (default: the shipped "
                                           "ones of --head-kind)."),

@@ -8,8 +8,16 @@ import enum
 
 
 class HeadKind(str, enum.Enum):
+    """entmtp.defaults.HEAD_KINDS"""
     hydra = "hydra"
     medusa = "medusa"
+    hydrapp = "hydrapp"
+
+
+class TrainLoss(str, enum.Enum):
+    """entmtp.heads.train.LOSSES"""
+    teacher = "teacher"
+    hard = "hard"
 
 
 class Scheduler(str, enum.Enum):

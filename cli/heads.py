@@ -7,16 +7,19 @@ import typer
 
 from entmtp.errors import EntmtpError, Interrupted, UsageError
 
-from .choices import HeadKind
+from .choices import HeadKind, TrainLoss
 
-app = typer.Typer(no_args_is_help=True, help="Medusa and Hydra draft heads.")
+app = typer.Typer(no_args_is_help=True, help="Medusa, Hydra and Hydra++ draft heads.")
 
 
 @app.command("train")
 def heads_train(
     out: Path = typer.Option(..., "--out", help="Output folder (prompts.json, corpus.pt, checkpoint.pt, heads/): "
                              "new, empty, or an earlier run of the same options, which it resumes."),
-    kind: HeadKind = typer.Option(HeadKind.medusa, "--head-kind", help="medusa or hydra."),
+    kind: HeadKind = typer.Option(HeadKind.medusa, "--head-kind", help="medusa, hydra or hydrapp (Hydra++: "
+                                  "a prefix decoder layer before grounded Hydra heads)."),
+    loss: TrainLoss = typer.Option(TrainLoss.teacher, "--loss", help="teacher: soft cross-entropy against the "
+                                   "base model's distribution (Hydra++'s recipe); hard: against its greedy token."),
     model: str | None = typer.Option(None, "--model"),
     n_heads: int = typer.Option(4, "--n-heads", help="Heads: the tokens t+2 .. t+1+N."),
     n_layers: int = typer.Option(1, "--n-layers", help="Residual blocks per head."),
@@ -41,7 +44,7 @@ def heads_train(
     # Options and the output folder first: the corpus alone takes many minutes.
     cfg = TrainConfig(kind=kind.value, n_heads=n_heads, n_layers=n_layers, sharegpt_prompts=sharegpt_prompts,
                       code_prompts=code_prompts, gen_tokens=gen_tokens, steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed)
+                      lr=lr, seed=seed, loss=loss.value)
     torch_dtype, torch_device = parse_dtype(dtype), resolve_device(device)
     out = check_output_folder(out, "--out")
     check_out_dir(cfg, out)
@@ -57,8 +60,8 @@ def heads_train(
 
 @app.command("shortlist")
 def heads_shortlist(
-    kind: HeadKind | None = typer.Option(None, "--head-kind", help="Whose shipped heads: hydra or medusa "
-                                         "(default hydra; not with --heads)."),
+    kind: HeadKind | None = typer.Option(None, "--head-kind", help="Whose shipped heads: hydra, medusa or "
+                                         "hydrapp (default hydra; not with --heads)."),
     heads_path: str | None = typer.Option(None, "--heads", help="Heads folder (default: the shipped ones)."),
     model: str | None = typer.Option(None, "--model"),
     size: int | None = typer.Option(None, "--size", help="Tokens in the list, from the drafting top-k (10) to the "

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, METHODS
+from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, HEAD_KINDS, METHODS
 from entmtp.errors import Interrupted, UsageError
 from entmtp.model.registry import DEFAULT_MODEL
 
@@ -22,8 +22,8 @@ def run(
                                            "{\"prompt\": ...} per line; - : one prompt from standard input."),
     model: str | None = typer.Option(None, "--model", help=f"HF folder, .gguf file, or a known name "
                                      f"(default {DEFAULT_MODEL})."),
-    method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa, hydra or entmtp (a tree bank, "
-                               "switched per step)."),
+    method: str = typer.Option("ar", "--method", help="Decoding method: ar, medusa, hydra, hydrapp "
+                               "(Hydra++) or entmtp (a tree bank, switched per step)."),
     bank: str | None = typer.Option(None, "--bank", help="entmtp: a shipped bank name or a bank JSON path "
                                     "(default: the shipped bank for --task and --head-kind)."),
     scheduler: Scheduler | None = typer.Option(None, "--scheduler", help="entmtp: rate, entropy, static-best, "
@@ -36,12 +36,14 @@ def run(
     task: str | None = typer.Option(None, "--task", help=f"entmtp: the task whose shipped bank to use without "
                                     f"--bank (humaneval, sharegpt, gsm8k, litbench; default {DEFAULT_TASK}); "
                                     f"with --bank, a warning if the bank was calibrated on another task."),
-    head_kind: HeadKind | None = typer.Option(None, "--head-kind", help=f"entmtp without --bank: hydra or medusa "
+    head_kind: HeadKind | None = typer.Option(None, "--head-kind", help=f"entmtp without --bank: hydra, "
+                                              "medusa or hydrapp "
                                               f"(default {DEFAULT_HEAD_KIND})."),
     cost_curve: str | None = typer.Option(None, "--cost-curve", help="entmtp: derive the bank on this cost-curve "
                                           "file (entmtp cost measure --out) instead of this machine's (measured on "
                                           "first use, then cached; $ENTMTP_COST_CURVE sets a default)."),
-    heads: str | None = typer.Option(None, "--heads", help="medusa/hydra/entmtp: heads file or folder (default: "
+    heads: str | None = typer.Option(None, "--heads", help="medusa/hydra/hydrapp/entmtp: heads file "
+                                     "or folder (default: "
                                      "the ones shipped for the model)."),
     draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="medusa/hydra: draft over a "
                                            "shortlist of the vocabulary: heads (the one stored with the heads), "
@@ -89,7 +91,7 @@ def run(
     document = read_any_bank(bank)[0] if bank is not None else None
     if method == "entmtp":
         check_cost_option(cost_curve, document)
-    if tree is not None and method in ("medusa", "hydra"):
+    if tree is not None and method in HEAD_KINDS:
         load_tree(tree)
     prompts = read_prompts(prompt, prompt_file)
     if skip >= len(prompts):
@@ -119,10 +121,10 @@ def run(
 
 # Where each method-specific flag applies (the message when it is given elsewhere).
 _GOES_WITH = {
-    "--heads": "--method medusa, hydra or entmtp",
-    "--tree": "--method medusa or hydra, or entmtp --scheduler static (a bank tree's name)",
-    "--draft-vocab": "--method medusa or hydra (banks are calibrated without one)",
-    "--typical": "--method medusa, hydra or entmtp (and --temperature > 0)",
+    "--heads": "--method medusa, hydra, hydrapp or entmtp",
+    "--tree": "--method medusa, hydra or hydrapp, or entmtp --scheduler static (a bank tree's name)",
+    "--draft-vocab": "--method medusa, hydra or hydrapp (banks are calibrated without one)",
+    "--typical": "--method medusa, hydra, hydrapp or entmtp (and --temperature > 0)",
     **{flag: "--method entmtp" for flag in ("--bank", "--scheduler", "--signal", "--task", "--head-kind",
                                             "--cost-curve")},
 }
@@ -148,7 +150,7 @@ def _check_flags(*, method, bank, scheduler, signal, task, head_kind, cost_curve
         raise UsageError("--typical needs --temperature > 0 (greedy verification is already exact)")
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
-    ignored = {"ar": ["--heads", "--tree", "--draft-vocab", "--typical"], "medusa": [], "hydra": [],
+    ignored = {"ar": ["--heads", "--tree", "--draft-vocab", "--typical"], "medusa": [], "hydra": [], "hydrapp": [],
                "entmtp": ["--draft-vocab"]}[method]
     if method != "entmtp":
         ignored += ["--bank", "--scheduler", "--signal", "--task", "--head-kind", "--cost-curve"]

@@ -189,7 +189,7 @@ def test_bad_jsonl_names_the_line(capsys, tiny_folder, tmp_path):
     (("--device", "tpu"), "--device must be cpu or cuda"),
     (("--bogus-flag",), "No such option"),
     (("--method", "hydra", "--draft-vocab", "lots"), "--draft-vocab must be off, heads or a number"),
-    (("--draft-vocab", "heads"), "--draft-vocab goes with --method medusa or hydra"),
+    (("--draft-vocab", "heads"), "--draft-vocab goes with --method medusa, hydra or hydrapp"),
     (("--method", "entmtp", "--draft-vocab", "heads"), "banks are calibrated without one"),
     (("--method", "entmtp", "--scheduler", "entropy", "--signal", "accept"), "the entropy scheduler takes no signal"),
     (("--method", "entmtp", "--task", "poetry"), "unknown task 'poetry'"),
@@ -227,9 +227,11 @@ def test_console_script_exit_status(tmp_path):
 def test_cli_choices_match_the_package():
     # cli/choices.py spells the lists out (importing them would pull torch into --help).
     from entmtp.heads.modules import KINDS
+    from entmtp.heads.train import LOSSES
     from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS
-    from entmtp_cli.choices import HeadKind, Scheduler, Signal
+    from entmtp_cli.choices import HeadKind, Scheduler, Signal, TrainLoss
 
     assert {c.value for c in HeadKind} == set(KINDS)
+    assert {c.value for c in TrainLoss} == set(LOSSES)
     assert {c.value for c in Scheduler} == set(SCHEDULERS)
     assert {c.value for c in Signal} == set(RATE_SIGNALS)

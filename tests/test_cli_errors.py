@@ -300,10 +300,29 @@ def _fake_loaded(monkeypatch) -> None:
 
 def test_heads_train_refuses_a_folder_of_other_options(capsys, no_model, tmp_path):
     run = tmp_path / "run"
-    _earlier_run(run, n_heads=3)
+    _earlier_run(run, gen_tokens=64)
+    code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
+    assert code == 2
+    _one_error_line(err, "holds a corpus made with --gen-tokens 64; rerun with those options to use it")
+    # Another training on the same corpus is fine until a checkpoint says which one this folder holds.
+    import torch
+
+    from entmtp.heads.train import TrainConfig, check_out_dir
+
+    _earlier_run(run)
+    check_out_dir(TrainConfig(n_heads=3, kind="hydrapp"), run)
+    torch.save({"step": 5, "config": dataclasses.asdict(TrainConfig(n_heads=3))}, run / "checkpoint.pt")
     code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
     assert code == 2
     _one_error_line(err, "holds a run made with --n-heads 3; rerun with those options to resume")
+    # A checkpoint from before checkpoints recorded their config, and before --loss existed: hard labels.
+    torch.save({"step": 5}, run / "checkpoint.pt")
+    document = json.loads((run / "prompts.json").read_text())
+    del document["config"]["loss"]
+    (run / "prompts.json").write_text(json.dumps(document))
+    code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
+    assert code == 2
+    _one_error_line(err, "holds a run made with --loss hard")
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
     (unrelated / "notes.txt").write_text("mine")

@@ -348,7 +348,7 @@ def test_bank_commands_turn_bad_input_into_one_line(capsys, tmp_path, prompt_fil
     _one_error_line(err, "--scheduler goes with --method entmtp, not --method hydra")
     code, _, err = _cli(capsys, "bench", "--methods", "rate@llama", "--limit", "1")
     assert code == 2
-    _one_error_line(err, "takes hydra or medusa")
+    _one_error_line(err, "takes medusa, hydra, hydrapp, not 'llama'")
 
 
 @pytest.fixture

@@ -150,8 +150,8 @@ def test_an_interrupted_run_says_how_to_continue(capsys, monkeypatch, tiny_folde
 @pytest.mark.parametrize("args,needle", [
     (("--temperature", "nan"), "--temperature must be a finite number >= 0"),
     (("--temperature", "inf"), "--temperature must be a finite number >= 0"),
-    (("--tree", "tree8"), "--tree goes with --method medusa or hydra"),
-    (("--heads", "somewhere"), "--heads goes with --method medusa, hydra or entmtp, not --method ar"),
+    (("--tree", "tree8"), "--tree goes with --method medusa, hydra or hydrapp"),
+    (("--heads", "somewhere"), "--heads goes with --method medusa, hydra, hydrapp or entmtp, not --method ar"),
     (("--typical", "--temperature", "1"), "--typical goes with"),
     (("--head-kind", "medusa"), "--head-kind goes with --method entmtp"),
     (("--method", "hydra", "--bank", "x"), "--bank goes with --method entmtp"),

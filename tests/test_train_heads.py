@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from entmtp.heads.corpora import stdlib_code_prompts
 from entmtp.heads.formats import load_heads
@@ -19,11 +20,11 @@ def test_stdlib_prompts_are_code_and_not_humaneval():
     assert all("```python\ndef " in text for _, text in prompts)
 
 
-@pytest.mark.parametrize("kind", ["medusa", "hydra"])
-def test_train_resume_and_load(default_model_dir, tmp_path, kind, capsys):
+@pytest.mark.parametrize("kind,loss", [("medusa", "hard"), ("hydra", "teacher"), ("hydrapp", "teacher")])
+def test_train_resume_and_load(default_model_dir, tmp_path, kind, loss, capsys):
     loaded = load_model(str(default_model_dir), torch.bfloat16)
     cfg = TrainConfig(kind=kind, n_heads=2, sharegpt_prompts=0, code_prompts=3, gen_tokens=12, steps=4,
-                      batch_size=8, checkpoint_every=2, held_out=0.34)
+                      batch_size=8, checkpoint_every=2, held_out=0.34, loss=loss)
     # Stop after 2 steps, then rerun the same config: it must resume, not restart.
     train_heads(loaded, TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -33,8 +34,10 @@ def test_train_resume_and_load(default_model_dir, tmp_path, kind, capsys):
     prompts = json.loads((tmp_path / "prompts.json").read_text())["prompts"]
     assert len(prompts) == 3 and all(p["source"] == "stdlib" for p in prompts)
     heads = load_heads(tmp_path / "heads", hidden_size=loaded.config.hidden_size,
-                       vocab_size=loaded.config.vocab_size)
-    assert isinstance(heads, MedusaHeads if kind == "medusa" else HydraHeads) and heads.n_heads == 2
+                       vocab_size=loaded.config.vocab_size, model_config=loaded.config)
+    assert heads.kind == kind and heads.n_heads == 2
+    assert isinstance(heads, MedusaHeads if kind == "medusa" else HydraHeads)
+    assert meta["training"]["config"]["loss"] == loss
     top1 = meta["training"]["held_out_top1"]
     assert len(top1) == 2 and all(0.0 <= a <= 1.0 for a in top1)
 
@@ -101,7 +104,7 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
     row must be exactly what ar gives for that (trimmed) prompt, and trimming
     keeps the chat template's head and tail."""
     from entmtp.decode.autoregressive import ArDecoder
-    from entmtp.heads.train import _chat_wrapper, _equal_length_batches, _generate_batch
+    from entmtp.heads.corpus import _chat_wrapper, _equal_length_batches, _generate_batch
 
     loaded = load_model(str(default_model_dir), torch.float32)
     tokenizer = loaded.tokenizer
@@ -120,3 +123,83 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
     assert tokens.shape == (4, n_prompt + 12) and hidden.shape == (4, n_prompt + 11, loaded.config.hidden_size)
     for row_index, row in enumerate(rows):
         assert tokens[row_index, n_prompt:].tolist() == ArDecoder(loaded.model).generate(row, 12, ()).token_ids
+
+
+def test_teacher_loss_is_soft_cross_entropy_against_the_base():
+    from entmtp.heads.batches import head_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, lm_head = torch.randn(3, 5, 11, generator=g), torch.randn(11, 6, generator=g)
+    teacher_hidden = torch.randn(3, 5, 6, generator=g)
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    targets[2, 3:] = -100
+    valid = targets >= 0
+    want = F.cross_entropy(logits[valid], torch.softmax(teacher_hidden @ lm_head.T, -1)[valid])
+    torch.testing.assert_close(head_loss(logits, targets, teacher_hidden, lm_head, "teacher"), want)
+    torch.testing.assert_close(head_loss(logits, targets, teacher_hidden, lm_head, "hard"),
+                               F.cross_entropy(logits[valid], targets[valid]))
+
+
+def test_hydrapp_batches_read_the_prefix_layer_over_whole_sequences():
+    """head_inputs: the prefix layer's causal output at each drawn position, in the pairs' order,
+    differentiable; draw_pairs takes a Hydra++ batch from a few sequences."""
+    from entmtp.heads.batches import draw_pairs, head_inputs
+    from entmtp.heads.prefix import HydraPrefixHeads, PrefixShape
+    from entmtp.model.config import ModelConfig
+
+    config = ModelConfig.from_hf_dict(dict(model_type="llama", vocab_size=20, hidden_size=16, intermediate_size=24,
+                                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    heads = HydraPrefixHeads(2, 1, 16, 20, True, prefix_shape=PrefixShape.of(config))
+    with torch.no_grad():
+        heads.prefix.o.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(1)
+    sequences = [{"hidden": torch.randn(n, 16, generator=g).half()} for n in (9, 14, 6)]
+    pairs = torch.tensor([[1, 13], [0, 2], [1, 4], [2, 5], [0, 8], [1, 0]])
+    rows = head_inputs(heads, sequences, pairs, config)
+    for row, (s_index, t) in zip(rows, pairs.tolist()):
+        whole = heads.prefix.train_forward(sequences[s_index]["hidden"].float().unsqueeze(0), config)[0]
+        torch.testing.assert_close(row, whole[t], rtol=1e-5, atol=1e-5)
+    rows.sum().backward()
+    assert heads.prefix.o.grad is not None and heads.prefix.o.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    all_pairs = torch.tensor([(s, t) for s in range(40) for t in range(10)])
+    cfg = TrainConfig(kind="hydrapp", batch_size=64)
+    drawn = draw_pairs(all_pairs, cfg)
+    assert drawn.shape == (64, 2) and len(drawn[:, 0].unique()) <= 2
+    assert len(draw_pairs(all_pairs, TrainConfig(kind="hydra", batch_size=64))[:, 0].unique()) > 2
+
+
+def test_corpus_batches_survive_an_interruption(default_model_dir, tmp_path, monkeypatch):
+    """Each finished batch is saved; a rerun reads those back and decodes only the rest,
+    and the corpus is what one uninterrupted run makes."""
+    from rich.console import Console
+
+    import entmtp.heads.corpus as corpus
+
+    loaded = load_model(str(default_model_dir), torch.bfloat16)
+    prompts = [{"prompt": text} for text in ("Name a color.", "Count to three, please.", "Say hello to the reader.")]
+    whole = corpus.build_corpus(loaded, prompts, 6, Console(quiet=True), batch_size=1)
+    decode, calls = corpus._decode_batch, []
+
+    def interrupted(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return decode(*args)
+
+    monkeypatch.setattr(corpus, "_decode_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        corpus.build_corpus(loaded, prompts, 6, Console(quiet=True), batch_size=1, parts=tmp_path / "parts")
+    parts = tmp_path / "parts"
+    assert corpus.saved_parts(parts) == 2
+    # A part of another dtype, or of other prompts, is not read back; a damaged one is decoded again.
+    index = torch.load(parts / "1.pt", weights_only=True)["sequences"][0]["prompt_index"]
+    assert corpus._read_part(parts / "1.pt", [index], str(torch.bfloat16)) is not None
+    assert corpus._read_part(parts / "1.pt", [index], str(torch.float32)) is None
+    assert corpus._read_part(parts / "1.pt", [index + 1], str(torch.bfloat16)) is None
+    (parts / "0.pt").write_bytes(b"torn")
+    calls.clear()
+    again = corpus.build_corpus(loaded, prompts, 6, Console(quiet=True), batch_size=1, parts=parts)
+    assert len(calls) == 2
+    for a, b in zip(whole, again):
+        assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["hidden"], b["hidden"])

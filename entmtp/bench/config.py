@@ -9,6 +9,7 @@ from entmtp import tasks
 from entmtp.bench.contenders import (
     parse_method,
 )
+from entmtp.defaults import HEAD_KINDS
 from entmtp.errors import UsageError
 
 
@@ -30,12 +31,14 @@ class BenchConfig:
     plot: bool = False
     analysis: bool = False
     cost_curve: Path | None = None     # bank sources: derive on this curve file instead of the machine's
+    heads: tuple[tuple[str, str], ...] = ()  # (kind, path): these heads instead of the shipped ones
 
     def settings(self) -> dict:
         """What must match for --resume to add to an existing results.jsonl."""
         return {"model": self.model, "data": str(self.data) if self.data else None, "split": self.split,
                 "max_new_tokens": self.max_new_tokens, "dtype": self.dtype, "device": self.device,
-                "cost_curve": str(self.cost_curve) if self.cost_curve else None}
+                "cost_curve": str(self.cost_curve) if self.cost_curve else None,
+                **({"heads": dict(self.heads)} if self.heads else {})}
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
@@ -48,6 +51,24 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     if not names:
         raise UsageError("--task is empty")
     return tuple(dict.fromkeys(names))
+
+
+def parse_heads(text: str | None) -> tuple[tuple[str, str], ...]:
+    """--heads "hydrapp=DIR,hydra=DIR" -> (("hydrapp", "DIR"), ...); each kind once, each path there."""
+    if not text:
+        return ()
+    pairs = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        kind, sep, path = item.partition("=")
+        if not sep or kind not in HEAD_KINDS or not path:
+            raise UsageError(f"--heads takes KIND=PATH items with KIND one of {', '.join(HEAD_KINDS)}, not {item!r}")
+        if not Path(path).exists():
+            raise UsageError(f"--heads {kind}={path}: {path} does not exist")
+        pairs.append((kind, path))
+    kinds = [k for k, _ in pairs]
+    if len(set(kinds)) != len(kinds):
+        raise UsageError("--heads names a kind twice")
+    return tuple(pairs)
 
 
 def parse_methods(text: str, exact_check: bool) -> tuple[str, ...]:

@@ -14,11 +14,12 @@ import time
 import torch
 
 from entmtp.decode.types import GenerationResult, StepRecord
+from entmtp.defaults import HEAD_KINDS
 from entmtp.errors import UsageError
 from entmtp.model.loader import LoadedModel
 from entmtp.schedule.spec import SchedulerSpec
 
-OUR_METHODS = ("ar", "medusa", "hydra")
+OUR_METHODS = ("ar",) + HEAD_KINDS
 # Tree-bank methods (entmtp.schedule.bank): the task's shipped bank for the heads after
 # "@" (hydra by default), switched by a scheduler: `entmtp` (the bank's recommended one)
 # or a scheduler spec in its method form (entmtp.schedule.spec: rate-accept, entropy, ...).
@@ -65,14 +66,15 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     a '+dv' suffix (draft vocabulary) is allowed on our speculative methods."""
     spec, draft_vocab = split_draft_vocab(spec)
     base, _, tree = spec.partition("@")
-    if draft_vocab and base not in ("medusa", "hydra"):
+    if draft_vocab and base not in HEAD_KINDS:
         # A bank's confidence bins and step costs were calibrated over the full vocabulary.
-        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with medusa or hydra")
+        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with {', '.join(HEAD_KINDS)}")
     if base in PEERS and not tree:
         return base, None
     if base in BANK_METHODS:
-        if tree and tree not in ("hydra", "medusa"):
-            raise UsageError(f"method {spec!r}: after '@' a bank method takes hydra or medusa, not {tree!r}")
+        if tree and tree not in HEAD_KINDS:
+            raise UsageError(f"method {spec!r}: after '@' a bank method takes {', '.join(HEAD_KINDS)}, "
+                             f"not {tree!r}")
         return base, tree or "hydra"
     if base not in OUR_METHODS or (base == "ar" and tree):
         names = ", ".join(OUR_METHODS + tuple(BANK_METHODS) + PEERS)

@@ -177,7 +177,7 @@ def _load_and_measure(cfg: BenchConfig, console: Console, prompts: dict, records
     contenders = []
     for name in cfg.methods:
         try:
-            contenders.append(make_contender(name, loaded, dtype.activations, device,
+            contenders.append(make_contender(name, loaded, dtype.activations, device, heads=dict(cfg.heads),
                                              cost_curve=str(cfg.cost_curve) if cfg.cost_curve else None))
         except PeerMissing as exc:
             console.print(f"[yellow]skipping {name}: {exc}[/]")

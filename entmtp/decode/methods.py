@@ -7,7 +7,7 @@ from typing import Optional
 from entmtp.decode.accept import VerifyConfig
 from entmtp.decode.autoregressive import ArDecoder
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
-from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, METHODS
+from entmtp.defaults import DEFAULT_HEAD_KIND, DEFAULT_TASK, DEFAULT_TREE, HEAD_KINDS, METHODS
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import heads_fingerprint, load_draft_vocab, load_model_heads
 from entmtp.model.loader import LoadedModel, model_fingerprint
@@ -71,7 +71,7 @@ def make_bank_decoder(loaded: LoadedModel, options: MethodOptions, heads=None):
     document, where = bank_document(loaded, options.bank, options.head_kind, options.task)
     provenance = document["provenance"]
     kind = provenance.get("heads", {}).get("kind")
-    if kind not in ("medusa", "hydra"):
+    if kind not in HEAD_KINDS:
         raise EntmtpError(f"{where} does not say which heads it was built for")
     if heads is None:
         heads = load_model_heads(loaded, kind, options.heads)

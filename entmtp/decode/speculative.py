@@ -1,4 +1,4 @@
-"""Self-speculative decoding with Medusa or Hydra heads over a draft tree.
+"""Self-speculative decoding with Medusa, Hydra or Hydra++ heads over a draft tree.
 
 Each step reads as five named steps:
   propose  the heads draft a token for every tree node, from the hidden state of
@@ -7,7 +7,8 @@ Each step reads as five named steps:
   accept   the longest path the base model agrees with (greedy: token equality
            with the base argmax; typical: Medusa's entropy-adaptive threshold,
            approximate; sampling: recursive rejection, distribution-preserving);
-  commit   the accepted nodes' K/V move to contiguous cache slots (kv_commit).
+  commit   the accepted nodes' K/V move to contiguous cache slots (kv_commit);
+           Hydra++ heads' prefix layer appends the accepted nodes' hidden states.
 Prefill runs once before the first step.
 
 Node 0 of the tree is the root: the token the base model already chose, not yet
@@ -28,6 +29,7 @@ from entmtp.decode.autoregressive import check_prompt_fits, pick_token
 from entmtp.decode.types import GenerationResult, SamplingConfig, StepRecord, TokenCallback
 from entmtp.errors import UsageError
 from entmtp.heads.modules import HydraHeads, MedusaHeads
+from entmtp.heads.prefix import HydraPrefixHeads, PrefixRunner
 from entmtp.heads.shortlist import DraftVocab
 from entmtp.model.llama import KVCache, LlamaModel
 from entmtp.schedule.policies import DRAFT, TreePolicy
@@ -56,6 +58,8 @@ class SpeculativeDecoder:
         # collects them to fit the probe); None in normal runs.
         self.on_step_hidden: Optional[Callable[[torch.Tensor], None]] = None
         self.signals = SignalTracker(signal_window)
+        # Hydra++: the prefix layer and its own KV cache; the heads read its output, not h_t.
+        self.prefix = PrefixRunner(self.heads.prefix, model) if isinstance(self.heads, HydraPrefixHeads) else None
         self._fitted: dict[tuple[Tree, int], Tree] = {}  # (tree, room) -> its first `room` nodes (fit_context)
         # Drafting projects onto draft_lm_head [N, H]: the base LM head, or its rows for a
         # draft vocabulary (entmtp.heads.shortlist); draft_ids [N] maps a row back to its token.
@@ -88,22 +92,33 @@ class SpeculativeDecoder:
         self.buffers: TreeBuffers = tree.buffers(self.model.device, self.top_k)
 
     # ------------------------------------------------------------------ steps
-    def prefill(self, cache: KVCache, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt [1, P] -> (logits [V] and hidden [H] at the last prompt position)."""
+    def prefill(self, cache: KVCache, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt [1, P] -> (logits [V] and hidden [H] at the last prompt position, and the
+        heads' input there [H]: that hidden state, or Hydra++'s prefix layer output)."""
         positions = torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0)
         hidden, logits = self.model(prompt, positions, cache, 0, logits_rows=slice(-1, None))
-        return logits[0, -1], hidden[0, -1]
+        head_input = hidden[0, -1] if self.prefix is None else self.prefix.start(hidden[0], cache.capacity)
+        return logits[0, -1], hidden[0, -1], head_input
+
+    def advance_heads(self, hidden: torch.Tensor, slots: torch.Tensor, cache_len: int) -> torch.Tensor:
+        """The heads' input for the next step: hidden [T, H] of this step's verify forward,
+        slots int64 [n] its accepted nodes (root first) committed at cache_len.. -> [H].
+        Hydra++: the prefix layer appends those n positions to its own cache."""
+        if self.prefix is None:
+            return hidden[slots[-1]]
+        return self.prefix.advance(hidden[slots], cache_len)
 
     @torch.inference_mode()
-    def peek(self, root: torch.Tensor, hidden_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def peek(self, root: torch.Tensor, head_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head output every drafting tree starts from, before the tree is chosen:
         Medusa: all heads' (ids, probs) [n_heads, top_k]; Hydra: head 0 on the root
-        path, [1, top_k]. Row 0 column 0 of probs is head 0's top-1 probability."""
+        path, [1, top_k]. Row 0 column 0 of probs is head 0's top-1 probability.
+        head_input [H]: see prefill."""
         model = self.model
         if isinstance(self.heads, MedusaHeads):
-            ids, probs = self.heads.propose(hidden_last, self.draft_lm_head, self.top_k)
+            ids, probs = self.heads.propose(head_input, self.draft_lm_head, self.top_k)
         else:
-            ids, probs = self.heads.propose_level(hidden_last, root.reshape(1, 1).to(torch.long), model.embed,
+            ids, probs = self.heads.propose_level(head_input, root.reshape(1, 1).to(torch.long), model.embed,
                                                   self.draft_lm_head, self.top_k)
         return self._token_ids(ids), probs
 
@@ -112,10 +127,10 @@ class SpeculativeDecoder:
         return rows if self.draft_ids is None else self.draft_ids[rows]
 
     @torch.inference_mode()
-    def propose(self, root: torch.Tensor, hidden_last: torch.Tensor,
+    def propose(self, root: torch.Tensor, head_input: torch.Tensor,
                 peeked: Optional[tuple[torch.Tensor, torch.Tensor]] = None
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Draft a token for every node -> (tokens int64 [T], node 0 = root;
+        """Draft a token for every node (head_input [H]: see prefill) -> (tokens int64 [T], node 0 = root;
         confidence f32 [2]: head 0's top-1 probability at the root and the greedy
         path value, the product of top-1 probabilities down the all-0 chain; None
         when nothing is drafted). `peeked`: this root's `peek` output, reused
@@ -126,7 +141,7 @@ class SpeculativeDecoder:
         if isinstance(self.heads, MedusaHeads):
             # Head i's top-k at the last accepted position fills every node of depth i+1.
             if peeked is None:
-                ids, probs = self.heads.propose(hidden_last, self.draft_lm_head, self.top_k)
+                ids, probs = self.heads.propose(head_input, self.draft_lm_head, self.top_k)
                 peeked = self._token_ids(ids), probs
             head_ids, head_probs = peeked
             top1 = head_probs[:, 0]                                      # [n_heads]
@@ -141,7 +156,7 @@ class SpeculativeDecoder:
                 child_ids, child_probs = peeked
             else:
                 path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
-                child_rows, child_probs = self.heads.propose_level(hidden_last, path_ids, model.embed,
+                child_rows, child_probs = self.heads.propose_level(head_input, path_ids, model.embed,
                                                                    self.draft_lm_head, self.top_k)  # [E, top_k]
                 child_ids = self._token_ids(child_rows)
             if depth <= chain:  # the all-0 chain's node is the first of its depth: slot 0
@@ -245,7 +260,7 @@ class SpeculativeDecoder:
         start = time.perf_counter()
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
         with torch.inference_mode():
-            logits, hidden_last = self.prefill(cache, prompt)
+            logits, hidden_last, head_input = self.prefill(cache, prompt)
             root = pick_token(logits, sampling, generator)
             # Signals are tracked on every run (a few float ops per step) so that any
             # run's records can be analysed; only a policy acts on them.
@@ -265,8 +280,8 @@ class SpeculativeDecoder:
         steps = 1
         try:
             while not done:
-                done, cache_len, root, hidden_last, probe_value = self._step(
-                    cache, cache_len, limit, root, hidden_last, probe_value, generator, records, emit)
+                done, cache_len, root, hidden_last, head_input, probe_value = self._step(
+                    cache, cache_len, limit, root, hidden_last, head_input, probe_value, generator, records, emit)
                 steps += 1
         finally:
             self.set_tree(own_tree)  # a fitted subtree lasts one step, a run's tree one run
@@ -279,9 +294,11 @@ class SpeculativeDecoder:
                                 stop, records)
 
     def _step(self, cache: KVCache, cache_len: int, limit: int, root: torch.Tensor, hidden_last: torch.Tensor,
-              probe_value: Optional[float], generator, records: list[StepRecord], emit) -> tuple:
-        """One step: choose the tree, propose, verify, accept, commit, emit.
-        -> (done, new cache length, next root, its hidden state, next probe value)."""
+              head_input: torch.Tensor, probe_value: Optional[float], generator, records: list[StepRecord],
+              emit) -> tuple:
+        """One step: choose the tree, propose, verify, accept, commit, emit. hidden_last [H]: the
+        base hidden state before the root (the probe's and calibration's); head_input: prefill's.
+        -> (done, new cache length, next root, its hidden state, the heads' next input, next probe value)."""
         policy = self.policy
         probe_weights = None if policy is None else policy.probe
         step_start = time.perf_counter()
@@ -294,7 +311,7 @@ class SpeculativeDecoder:
         scheduler_seconds = time.perf_counter() - step_start
         peeked = None
         if choice == DRAFT:  # two-phase policy: head 0 runs first, its confidence picks the tree
-            peeked = self.peek(root, hidden_last)
+            peeked = self.peek(root, head_input)
             peek_done = time.perf_counter()
             choice = policy.refine(float(peeked[1][0, 0]))  # this step's second read: the peek decides
             self.set_tree(policy.trees[choice])
@@ -302,7 +319,7 @@ class SpeculativeDecoder:
         chosen = self.tree
         self.fit_context(limit - cache_len)
         with torch.inference_mode():
-            tokens, confidence = self.propose(root, hidden_last, peeked)
+            tokens, confidence = self.propose(root, head_input, peeked)
             logits, hidden = self.verify(cache, cache_len, tokens)
             # One fused pass over the logits: per-node entropy and argmax.
             entropy, base_argmax = ops.token_entropy(logits)[:2]
@@ -316,6 +333,7 @@ class SpeculativeDecoder:
             outcome = self.accept(tokens, logits, base_argmax, generator, per_node, extras)
             if policy is not None and policy.hindsight:
                 choice, outcome = self._settle_in_hindsight(outcome, base_argmax)
+            head_input = self.advance_heads(hidden, outcome.slots, cache_len)
             cache_len = self.commit(cache, cache_len, outcome.slots)
         done = emit(outcome.emitted)
         root, hidden_last = outcome.bonus, hidden[outcome.path[-1]]
@@ -340,7 +358,7 @@ class SpeculativeDecoder:
             accepted_ranks=self.tree.paths[outcome.path[-1] - 1] if accepted else ()))
         if fitted:
             self.set_tree(chosen)  # the next step starts from the whole tree again
-        return done, cache_len, root, hidden_last, probe_value
+        return done, cache_len, root, hidden_last, head_input, probe_value
 
     def fit_context(self, room: int) -> None:
         """Near the end of the context: swap in this step's tree cut to its first `room`

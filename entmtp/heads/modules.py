@@ -29,9 +29,9 @@ Files read (the layout is always inferred from tensor names, never from config.j
   * Medusa: ``medusa_lm_head.safetensors`` / ``medusa_lm_head.pt`` (v0.1 with per-head
     lm_heads, or "version 2" without), or a Medusa-2 full checkpoint whose head keys
     carry the ``medusa_head.`` prefix (only those keys are read);
-  * Hydra: ``hydra_lm_head.pt`` with ``hydra_head_arch = "mlp"``, grounded heads,
-    ``hidden_state_offset = 0``. Other Hydra variants are rejected, see
-    ``_reject_unsupported_hydra``.
+  * Hydra: ``hydra_lm_head.pt`` with ``hydra_head_arch = "mlp"`` or ``"prefix-mlp"``
+    (Hydra++, entmtp.heads.prefix), grounded heads, ``hidden_state_offset = 0``. Other
+    Hydra variants are rejected, see ``entmtp.heads.upstream._hydra_arch``.
 """
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from entmtp.defaults import HEAD_KINDS
 from entmtp.model.llama import linear
 from entmtp.model.quant import QuantizedWeight, embedding
 
-KINDS = ("medusa", "hydra")
+# hydrapp: Hydra++ (entmtp.heads.prefix), grounded Hydra heads behind a prefix decoder layer.
+KINDS = HEAD_KINDS
 
 
 # --------------------------------------------------------------------------- #

@@ -62,7 +62,7 @@ def load_model_heads(loaded: LoadedModel, kind: str, path: Optional[str] = None)
     """Heads of `kind` for this model: from `path`, or the shipped ones; checked against its sizes."""
     cfg = loaded.config
     return load_heads(path or shipped_heads(loaded, kind), hidden_size=cfg.hidden_size,
-                      vocab_size=cfg.vocab_size, kind=kind)
+                      vocab_size=cfg.vocab_size, kind=kind, model_config=cfg)
 
 
 def heads_fingerprint(heads) -> str:

@@ -159,6 +159,25 @@ class LlamaModel:
         """
         cfg = self.config
         batch, n_new = input_ids.shape
+        x = embedding(input_ids, self.embed, self.dtype).reshape(batch, n_new, cfg.hidden_size)
+        hidden = self.forward_embeds(x, position_ids, cache, cache_len, tree_bits)
+        if logits_rows is None:
+            rows = hidden
+        else:
+            rows = hidden[:, logits_rows]
+            if rows.shape[1] == 0:
+                return hidden, None
+        logits = linear(rows.reshape(-1, cfg.hidden_size), self.lm_head)
+        return hidden, logits.view(batch, rows.shape[1], -1)
+
+    @torch.inference_mode()
+    def forward_embeds(self, inputs: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, cache_len: int,
+                       tree_bits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder layers and final norm on input vectors instead of token ids:
+        inputs [B, T, H] -> hidden [B, T, H]. `forward` runs it on the token
+        embeddings; Hydra++'s prefix layer (entmtp.heads.prefix) on the base's hidden states."""
+        cfg = self.config
+        batch, n_new = position_ids.shape
         end = cache_len + n_new
         if end > cache.capacity:
             raise ValueError(f"sequence of {end} tokens exceeds the cache capacity {cache.capacity}")
@@ -173,7 +192,7 @@ class LlamaModel:
 
         attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
                                            self.device)  # the backend and mask every layer shares
-        x = embedding(input_ids, self.embed, self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
+        x = inputs.to(self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
         h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
         for index, layer in enumerate(self.layers):
@@ -188,14 +207,6 @@ class LlamaModel:
             # The next layer's input norm (or the final norm) fused with this residual add.
             next_norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.final_norm
             h, x = fused.add_rms_norm(mlp, x, next_norm, eps)
-        hidden = h.view(batch, n_new, -1)
-        if logits_rows is None:
-            rows = hidden
-        else:
-            rows = hidden[:, logits_rows]
-            if rows.shape[1] == 0:
-                return hidden, None
-        logits = linear(rows.reshape(-1, cfg.hidden_size), self.lm_head)
-        return hidden, logits.view(batch, rows.shape[1], -1)
+        return h.view(batch, n_new, -1)
 
     __call__ = forward

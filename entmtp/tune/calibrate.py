@@ -30,6 +30,7 @@ import torch
 
 from entmtp import machine, tasks
 from entmtp.decode.speculative import DEFAULT_TOP_K, SpeculativeDecoder
+from entmtp.defaults import HEAD_KINDS
 from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.shipped import calibration_heads, heads_fingerprint, load_model_heads
 from entmtp.jsonfile import read_json, write_json
@@ -110,8 +111,8 @@ def check_options(task: str, heads_kind: str, *, limit: int | None = None, max_n
     """Every option of a calibration, before anything loads."""
     if task not in tasks.TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(tasks.TASKS)}")
-    if heads_kind not in ("medusa", "hydra"):
-        raise UsageError(f"--head-kind must be medusa or hydra, not {heads_kind!r}")
+    if heads_kind not in HEAD_KINDS:
+        raise UsageError(f"--head-kind must be one of {', '.join(HEAD_KINDS)}, not {heads_kind!r}")
     for option, value, least in (("--limit", limit, 1), ("--max-new-tokens", max_new_tokens, 1),
                                  ("--superset-nodes", superset_nodes, 2)):
         if value is not None and value < least:

@@ -24,6 +24,7 @@ import datetime
 import math
 from typing import Any, Callable, Optional, Sequence
 
+from entmtp.defaults import HEAD_KINDS
 from entmtp.errors import EntmtpError
 from entmtp.schedule.bank import (
     MAX_WINDOW,
@@ -213,8 +214,8 @@ def check_source(document: Any, where: str) -> dict:
         raise EntmtpError(f"{where}: extra tree names must be unique")
     checked_provenance(document["provenance"], where, extra_trees + [tree_from_paths("superset", superset)])
     heads = document["provenance"].get("heads", {})
-    if heads.get("kind") not in ("medusa", "hydra"):
-        raise EntmtpError(f"{where}: provenance must say which heads it was built for (medusa or hydra)")
+    if heads.get("kind") not in HEAD_KINDS:
+        raise EntmtpError(f"{where}: provenance must say which heads it was built for ({', '.join(HEAD_KINDS)})")
     return document
 
 

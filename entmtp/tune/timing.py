@@ -34,7 +34,7 @@ def measure_step_ms(decoder, trees: Sequence[Tree], context: int = 256, repeats:
     saved = decoder.tree
     samples: list[list[float]] = [[] for _ in range(len(trees) + 1)]
     with torch.inference_mode():
-        logits, hidden_last = decoder.prefill(cache, prompt)
+        logits, _, head_input = decoder.prefill(cache, prompt)
         root = logits.argmax()
 
         def step(tree: Tree, peek: bool) -> float:
@@ -42,11 +42,13 @@ def measure_step_ms(decoder, trees: Sequence[Tree], context: int = 256, repeats:
 
             def run() -> None:
                 if peek:
-                    float(decoder.peek(root, hidden_last)[1][0, 0])
-                tokens, _ = decoder.propose(root, hidden_last)
-                step_logits, _ = decoder.verify(cache, context, tokens)
+                    float(decoder.peek(root, head_input)[1][0, 0])
+                tokens, _ = decoder.propose(root, head_input)
+                step_logits, step_hidden = decoder.verify(cache, context, tokens)
                 _, argmax = ops.token_entropy(step_logits)[:2]
-                decoder.accept(tokens, step_logits, argmax, None)
+                outcome = decoder.accept(tokens, step_logits, argmax, None)
+                # What the next step's heads need (Hydra++: the prefix layer on the accepted rows).
+                decoder.advance_heads(step_hidden, outcome.slots, context)
             return seconds_per_call(run, model.device)
 
         contenders = {index: (lambda tree=tree: step(tree, False)) for index, tree in enumerate(trees)}
