@@ -12,7 +12,7 @@ import torch
 
 from entmtp.errors import EntmtpError
 from entmtp.heads.modules import _CLASSES, KINDS, Heads
-from entmtp.heads.prefix import HydraPrefixHeads, PrefixShape, check_prefix_config, prefix_shape_of
+from entmtp.heads.prefix import HydraPrefixHeads, check_prefix_config, prefix_shape_of
 from entmtp.heads.upstream import (
     _MEDUSA_PREFIX,
     _check_sizes,
@@ -141,7 +141,7 @@ def _load_ours(folder: Path, hidden_size: int, vocab_size: int, dtype: Optional[
     raw = read_json(config_path)
     config = HeadsConfig.from_json(raw, str(config_path))
     _check_sizes(config_path, config.hidden_size, config.vocab_size, hidden_size, vocab_size)
-    prefix = None if config.prefix is None else PrefixShape.from_json(config.prefix)  # checked by HeadsConfig
+    prefix = check_prefix_config(config.prefix, config.kind)
     if prefix is not None and model_config is not None:
         prefix.check_base(model_config, str(config_path))
     weights = folder / WEIGHTS_NAME

@@ -31,8 +31,8 @@ from torch import nn
 
 from entmtp.errors import EntmtpError
 from entmtp.heads.modules import HydraHeads
-from entmtp.model.config import ModelConfig, rope_inverse_frequencies
-from entmtp.model.llama import KVCache, LayerWeights, LlamaModel
+from entmtp.model.config import ModelConfig
+from entmtp.model.llama import KVCache, LayerWeights, LlamaModel, rope_tables
 from entmtp.reference import rms_norm_ref, rope_ref, silu_mul_ref
 
 
@@ -150,14 +150,6 @@ class PrefixLayer(nn.Module):
                              down=weight(self.down))
         # embed and lm_head are the base's, never used: forward_embeds takes vectors and has no LM head.
         return LlamaModel(config, model.embed, [layer], weight(self.norm), model.lm_head, model.precision)
-
-
-def rope_tables(config: ModelConfig, steps: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, D] for positions 0..T-1 in rotate-half layout, computed as LlamaModel does."""
-    inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)
-    angles = torch.outer(torch.arange(steps, dtype=torch.float64), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1).float()
-    return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
 
 
 class HydraPrefixHeads(HydraHeads):

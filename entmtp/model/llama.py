@@ -80,6 +80,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return F.linear(x, weight, bias)
 
 
+def rope_tables(config: ModelConfig, n_positions: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [P, D] for positions 0..P-1: angles in float64, then the rotate-half layout
+    (dimension i pairs with i + D/2, so the [P, D/2] table is repeated)."""
+    inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)          # [D/2]
+    angles = torch.outer(torch.arange(n_positions, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1).float()                                      # [P, D]
+    return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+
+
 class LayerOps:
     """The element-wise pieces of a layer, fused into one op each.
 
@@ -110,8 +119,6 @@ class LlamaModel:
         self.precision = precision or precision_of(embed.dtype)
         self.dtype = self.precision.activations  # activations and KV cache
         self.device = final_norm.device
-        inv_freq = torch.tensor(rope_inverse_frequencies(config), dtype=torch.float64)
-        self._inv_freq = inv_freq  # [D/2]
         self._rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.layer_ops = LayerOps(self.device)
         self._ensure_rope(min(config.max_position_embeddings, 4096))
@@ -120,12 +127,7 @@ class LlamaModel:
     def _ensure_rope(self, n_positions: int) -> None:
         if self._rope_cache is not None and self._rope_cache[0].shape[0] >= n_positions:
             return
-        pos = torch.arange(n_positions, dtype=torch.float64)
-        angles = torch.outer(pos, self._inv_freq)  # [P, D/2]
-        # Rotate-half layout: dimension i pairs with i + D/2, so repeat the table.
-        angles = torch.cat([angles, angles], dim=-1).float()  # [P, D]
-        self._rope_cache = (angles.cos().to(self.device, self.dtype),
-                            angles.sin().to(self.device, self.dtype))
+        self._rope_cache = rope_tables(self.config, n_positions, self.device, self.dtype)
 
     # -- forward --------------------------------------------------------------
     def new_cache(self, batch: int = 1, capacity: Optional[int] = None) -> KVCache:
