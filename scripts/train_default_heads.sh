@@ -11,13 +11,19 @@ OUT="${OUT:-runs/default-heads}"
 common=(--sharegpt-prompts "${PROMPTS:-600}" --code-prompts "${CODE_PROMPTS:-200}"
         --gen-tokens "${GEN_TOKENS:-128}" --steps "${STEPS:-1500}" --batch-size "${BATCH:-128}"
         --dtype "${DTYPE:-fp32}" --seed 0)
-"${ENTMTP:-entmtp}" heads train --head-kind medusa --out "$OUT/medusa" "${common[@]}"
+# Medusa and Hydra were trained on hard labels (before --loss existed; teacher is the default now).
+"${ENTMTP:-entmtp}" heads train --head-kind medusa --loss hard --out "$OUT/medusa" "${common[@]}"
 mkdir -p "$OUT/hydra"
 cp -n "$OUT/medusa/prompts.json" "$OUT/medusa/corpus.pt" "$OUT/hydra/"
-"${ENTMTP:-entmtp}" heads train --head-kind hydra --out "$OUT/hydra" "${common[@]}"
+"${ENTMTP:-entmtp}" heads train --head-kind hydra --loss hard --out "$OUT/hydra" "${common[@]}"
+# Hydra++: the same prompts (same seed), teacher loss, on a corpus generated in bf16 (on the
+# AMX machine it trained on, bf16 decoding is the fast one).
+"${ENTMTP:-entmtp}" heads train --head-kind hydrapp --loss teacher --out "$OUT/hydrapp" "${common[@]}" \
+  --dtype "${HYDRAPP_DTYPE:-bf16}"
 dest=entmtp/data/heads/smollm2-135m-instruct
 mkdir -p "$dest"
-for kind in medusa hydra; do
+for kind in medusa hydra hydrapp; do
   rm -rf "$dest/$kind" && cp -r "$OUT/$kind/heads" "$dest/$kind"
   cp "$OUT/$kind/prompts.json" "$dest/$kind/training_prompts.json"
+  "${ENTMTP:-entmtp}" heads shortlist --head-kind "$kind"   # draft_vocab.json beside them
 done

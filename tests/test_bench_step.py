@@ -19,7 +19,7 @@ def test_bench_step_writes_the_documented_json(capsys, default_model_dir, tmp_pa
     assert set(result["prefill_tps"]) == {"128", "512"} and all(v > 0 for v in result["prefill_tps"].values())
     assert result["floor_ms"] > 0 and result["ar_ms"] > 0 and result["peers"] == {}
     heads = {p["heads"] for p in result["curve"]}
-    assert heads == {"hydra", "medusa", "hydra+dv", "medusa+dv"}
+    assert heads == {"hydrapp", "hydra", "medusa", "hydrapp+dv", "hydra+dv", "medusa+dv"}
     for point in result["curve"]:
         assert {"heads", "nodes", "ms", "ratio"} <= set(point) and point["ms"] > 0
         assert point["ratio"] == 1.0 if point["nodes"] == 0 else point["ratio"] > 0

@@ -298,6 +298,32 @@ def test_upstream_checkpoint_for_the_default_model_decodes_exactly(tmp_path, def
     assert outputs["hydrapp"]["token_ids"] == outputs["ar"]["token_ids"]
 
 
+def test_shipped_hydrapp_heads_and_banks_decode_exactly(tmp_path, capsys):
+    """The Hydra++ heads shipped for the default model (no --heads), statically and through
+    their tree bank switched per step, give ar's tokens in fp32; the heads are the trained ones
+    (teacher loss, with a prefix layer), not a fixture."""
+    from test_cli import _run
+
+    from entmtp.heads.shipped import HEADS_DIR
+
+    meta = json.loads((HEADS_DIR / "smollm2-135m-instruct" / "hydrapp" / "entmtp_heads.json").read_text())
+    assert meta["kind"] == "hydrapp" and meta["training"]["config"]["loss"] == "teacher"
+    assert set(meta["prefix"]) == {"num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size"}
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Write a Python function that returns the largest of three numbers.")
+    outputs = {}
+    runs = {"ar": [], "hydrapp": [], "entmtp": ["--head-kind", "hydrapp", "--task", "humaneval"]}
+    for method, extra in runs.items():
+        code, out, err = _run(capsys, "run", "--method", method, "--dtype", "fp32", "--prompt-file", str(prompt),
+                              "--max-new-tokens", "40", "--json", *extra)
+        assert code == 0, err
+        outputs[method] = json.loads(out.strip().splitlines()[-1])
+    assert outputs["hydrapp"]["token_ids"] == outputs["ar"]["token_ids"]
+    assert outputs["entmtp"]["token_ids"] == outputs["ar"]["token_ids"]
+    # Trained heads accept drafts: fewer model steps than tokens.
+    assert outputs["hydrapp"]["steps"] < outputs["hydrapp"]["n_tokens"]
+
+
 @pytest.mark.parametrize("value,needle", [
     ("hydrapp", "--heads takes KIND=PATH items"),
     ("eagle=somewhere", "KIND one of medusa, hydra, hydrapp, not 'eagle=somewhere'"),

@@ -62,7 +62,7 @@ def shipped_sources() -> list[tuple[str, dict]]:
 
 def test_shipped_banks_are_machine_free_sources():
     sources = shipped_sources()
-    assert len(sources) == len(list_banks()) == 8
+    assert len(sources) == len(list_banks()) == 12
     for name, source in sources:
         assert "cost_curve" not in source and source["rollouts"], name
         assert {e["name"] for e in source["extra_trees"]} >= {"mc_sim_7b_63", "tree16", "tree8"}, name

@@ -40,6 +40,13 @@ def test_train_resume_and_load(default_model_dir, tmp_path, kind, loss, capsys):
     assert meta["training"]["config"]["loss"] == loss
     top1 = meta["training"]["held_out_top1"]
     assert len(top1) == 2 and all(0.0 <= a <= 1.0 for a in top1)
+    # Training time adds up over the resumed runs; rerunning the finished run trains nothing
+    # and keeps it and the last loss (they used to become the rerun's few seconds and None).
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert 0 < state["seconds"] <= meta["training"]["seconds"] == last["seconds"]
+    assert meta["training"]["final_loss"] == last["loss"] > 0
+    rerun = train_heads(loaded, cfg, tmp_path)["training"]
+    assert (rerun["seconds"], rerun["final_loss"]) == (meta["training"]["seconds"], meta["training"]["final_loss"])
 
 
 def test_trained_heads_drive_entmtp_run(default_model_dir, tmp_path, capsys):

@@ -47,7 +47,7 @@ TREE_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 PREFILL_TOKENS = (128, 512)
 CONTEXT = 256
 # Heads the cost curve is measured with; "+dv": drafting over their draft vocabulary.
-HEADS_KINDS = ("hydra", "medusa", "hydra+dv", "medusa+dv")
+HEADS_KINDS = ("hydrapp", "hydra", "medusa", "hydrapp+dv", "hydra+dv", "medusa+dv")
 
 
 def measure_read_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> float:

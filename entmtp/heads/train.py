@@ -253,6 +253,10 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
         heads = (MedusaHeads if cfg.kind == "medusa" else HydraHeads)(*sizes)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
+    # Training seconds so far, summed over the runs that reached the checkpoint, and the last
+    # step's loss; None when an older checkpoint did not record them (a rerun of a finished run
+    # trains nothing and would report its own few seconds and no loss).
+    trained_seconds, last_loss = 0.0, None
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.is_file():
         state = _torch_load(checkpoint, "delete it to train from step 0", weights_only=False)
@@ -261,12 +265,17 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
             step = int(state["step"])
+            trained_seconds, last_loss = state.get("seconds"), state.get("loss")
         except (KeyError, TypeError, ValueError, RuntimeError):
             raise EntmtpError(f"{checkpoint} does not fit these heads; delete it to train from step 0") from None
         console.print(f"resuming from step {step}")
 
-    losses = []
+    trained_now = step < cfg.steps
     started = time.perf_counter()
+
+    def seconds_so_far():
+        return None if trained_seconds is None else round(trained_seconds + time.perf_counter() - started, 1)
+
     with Progress(console=console) as progress:
         task = progress.add_task(f"training {cfg.kind} heads", total=cfg.steps, completed=step)
         while step < cfg.steps:
@@ -281,13 +290,15 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
                 group["lr"] = learning_rate(cfg, step)
             optimizer.step()
             step += 1
-            losses.append(float(loss.detach()))
+            last_loss = float(loss.detach())
             progress.update(task, advance=1, description=f"training {cfg.kind} heads, loss {loss:.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _torch_save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": torch.get_rng_state(), "step": step, "config": dataclasses.asdict(cfg)},
+                             "rng": torch.get_rng_state(), "step": step, "config": dataclasses.asdict(cfg),
+                             "seconds": seconds_so_far(), "loss": last_loss},
                             checkpoint)
 
+    seconds = seconds_so_far() if trained_now else trained_seconds
     accuracy = evaluate(heads, eval_seqs, eval_pairs, lm_head, embed, cfg.n_heads, cfg_model)
     table = Table(title=f"{cfg.kind} heads on {len(eval_pairs)} held-out positions")
     table.add_column("head")
@@ -302,9 +313,9 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
                        "vocab_size": cfg_model.vocab_size},
         "training": {"config": dataclasses.asdict(cfg), "prompts_file": "prompts.json",
                      "n_train_positions": len(train_pairs), "n_eval_positions": len(eval_pairs),
-                     "final_loss": losses[-1] if losses else None,
+                     "final_loss": last_loss,
                      "held_out_top1": [a[0] for a in accuracy], "held_out_top5": [a[1] for a in accuracy],
-                     "seconds": round(time.perf_counter() - started, 1)},
+                     "seconds": seconds},
     }
     # Shipped weights in bf16 (the decode dtype) keep the files small; the
     # fp32 master copy stays in checkpoint.pt.
