@@ -270,8 +270,8 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
             raise EntmtpError(f"{checkpoint} does not fit these heads; delete it to train from step 0") from None
         console.print(f"resuming from step {step}")
 
-    trained_now = step < cfg.steps
     started = time.perf_counter()
+    seconds = trained_seconds  # what the heads' metadata reports: the last checkpoint's
 
     def seconds_so_far():
         return None if trained_seconds is None else round(trained_seconds + time.perf_counter() - started, 1)
@@ -293,12 +293,12 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
             last_loss = float(loss.detach())
             progress.update(task, advance=1, description=f"training {cfg.kind} heads, loss {loss:.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                seconds = seconds_so_far()
                 _torch_save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "step": step, "config": dataclasses.asdict(cfg),
-                             "seconds": seconds_so_far(), "loss": last_loss},
+                             "seconds": seconds, "loss": last_loss},
                             checkpoint)
 
-    seconds = seconds_so_far() if trained_now else trained_seconds
     accuracy = evaluate(heads, eval_seqs, eval_pairs, lm_head, embed, cfg.n_heads, cfg_model)
     table = Table(title=f"{cfg.kind} heads on {len(eval_pairs)} held-out positions")
     table.add_column("head")
