@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Calibrate and build the shipped bank sources: default model x {hydrapp, hydra, medusa} x the four tasks
-# (KINDS="hydrapp" for some).
+# Calibrate and build the shipped bank sources: default model x {hydrapp, hydra, medusa} x the four
+# tasks (KINDS="hydrapp" picks kinds).
 #  1. calibrate: decode each task's calibration split (entmtp/data/splits/<task>.json) with the
 #     superset tree (64 nodes by prior, joined with the shipped trees); acceptance statistics and
 #     the hidden-state probe (nothing is timed: sources carry no step cost);
@@ -9,7 +9,8 @@
 # Resumable: a finished calibration is skipped, an interrupted one continues where it stopped;
 # a task whose source is in trees/banks/ is skipped (delete it to rebuild).
 # The shipped run: LIMIT= (every calibration prompt: 40/100/100/30), TOKENS=128, ROLLOUT=6
-# prompts x ROLLOUT_TOKENS=64 per grid tree; about 75 minutes on the 2-core VM in all.
+# prompts x ROLLOUT_TOKENS=64 per grid tree; about 75 minutes for hydra and medusa on a 2-core
+# VM, 42 minutes for hydrapp's four on the 2-core Emerald Rapids one.
 set -euo pipefail
 ENTMTP=${ENTMTP:-entmtp}
 LIMIT=${LIMIT:-}; TOKENS=${TOKENS:-128}; ROLLOUT=${ROLLOUT:-6}; ROLLOUT_TOKENS=${ROLLOUT_TOKENS:-64}
