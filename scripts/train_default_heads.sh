@@ -10,12 +10,14 @@ OUT="${OUT:-runs/default-heads}"
 # AMD EPYC we train on) batched fp32 decoding is ~1.7x faster than bf16.
 common=(--sharegpt-prompts "${PROMPTS:-600}" --code-prompts "${CODE_PROMPTS:-200}"
         --gen-tokens "${GEN_TOKENS:-128}" --steps "${STEPS:-1500}" --batch-size "${BATCH:-128}"
-        --dtype "${DTYPE:-fp32}" --seed 0)
+        --seed 0)
 # Medusa and Hydra were trained on hard labels (before --loss existed; teacher is the default now).
-"${ENTMTP:-entmtp}" heads train --head-kind medusa --loss hard --out "$OUT/medusa" "${common[@]}"
+"${ENTMTP:-entmtp}" heads train --head-kind medusa --loss hard --out "$OUT/medusa" "${common[@]}" \
+  --dtype "${DTYPE:-fp32}"
 mkdir -p "$OUT/hydra"
 cp -n "$OUT/medusa/prompts.json" "$OUT/medusa/corpus.pt" "$OUT/hydra/"
-"${ENTMTP:-entmtp}" heads train --head-kind hydra --loss hard --out "$OUT/hydra" "${common[@]}"
+"${ENTMTP:-entmtp}" heads train --head-kind hydra --loss hard --out "$OUT/hydra" "${common[@]}" \
+  --dtype "${DTYPE:-fp32}"
 # Hydra++: the same prompts (same seed), teacher loss, on a corpus generated in bf16 (on the
 # AMX machine it trained on, bf16 decoding is the fast one).
 "${ENTMTP:-entmtp}" heads train --head-kind hydrapp --loss teacher --out "$OUT/hydrapp" "${common[@]}" \
