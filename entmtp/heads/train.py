@@ -120,7 +120,9 @@ def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
     now = dataclasses.asdict(cfg)
     _refuse_changes(out_dir, _BEFORE_OPTION | earlier, now, CORPUS_OPTIONS, "a corpus made with", "use it")
     if (out_dir / "checkpoint.pt").is_file():
-        state = _torch_load(out_dir / "checkpoint.pt", "delete it to train from step 0", weights_only=False)
+        # Memory-mapped: only the config is read here, not the heads' and optimizer's tensors.
+        state = _torch_load(out_dir / "checkpoint.pt", "delete it to train from step 0", weights_only=False,
+                            mmap=True)
         # Checkpoints written before they recorded their config were trained with prompts.json's.
         trained = state.get("config") if isinstance(state, dict) else None
         trained = trained if isinstance(trained, dict) else earlier
@@ -151,9 +153,9 @@ def _torch_save(obj, path: Path) -> None:
     write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _torch_load(path: Path, remedy: str, weights_only: bool):
+def _torch_load(path: Path, remedy: str, weights_only: bool, mmap: bool = False):
     try:
-        return torch.load(path, weights_only=weights_only)
+        return torch.load(path, weights_only=weights_only, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file, all meaning this
         raise EntmtpError(f"{path} cannot be read ({type(error).__name__}); {remedy}") from None
 
@@ -161,7 +163,7 @@ def _torch_load(path: Path, remedy: str, weights_only: bool):
 def checkpoint_step(out_dir: Path) -> int | None:
     """The step of the checkpoint in `out_dir`, or None when there is none (or it is unreadable)."""
     try:
-        return int(torch.load(Path(out_dir) / "checkpoint.pt", weights_only=False)["step"])
+        return int(torch.load(Path(out_dir) / "checkpoint.pt", weights_only=False, mmap=True)["step"])
     except Exception:  # noqa: BLE001 - missing or damaged alike: no step to report
         return None
 
