@@ -20,6 +20,12 @@ class TrainLoss(str, enum.Enum):
     hard = "hard"
 
 
+class TrainDtype(str, enum.Enum):
+    """entmtp.heads.train.TRAIN_DTYPES"""
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Scheduler(str, enum.Enum):
     """entmtp.schedule.spec.SCHEDULERS"""
     rate = "rate"

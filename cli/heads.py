@@ -7,7 +7,7 @@ import typer
 
 from entmtp.errors import EntmtpError, Interrupted, UsageError
 
-from .choices import HeadKind, TrainLoss
+from .choices import HeadKind, TrainDtype, TrainLoss
 
 app = typer.Typer(no_args_is_help=True, help="Medusa, Hydra and Hydra++ draft heads.")
 
@@ -32,6 +32,11 @@ def heads_train(
     seed: int = typer.Option(0, "--seed"),
     dtype: str = typer.Option("bf16", "--dtype", help="Base model dtype while generating the corpus "
                               "(fp32 is faster on CPUs without native bf16)."),
+    corpus_batch: int = typer.Option(16, "--corpus-batch", help="Prompts generated together (part of the "
+                                     "corpus: a batch trims its prompts to its shortest). Larger is faster "
+                                     "where linears cost nearly the same for many rows (AMX)."),
+    train_dtype: TrainDtype = typer.Option(TrainDtype.fp32, "--train-dtype", help="bf16: the heads' matmuls "
+                                           "in bf16, weights and optimizer in fp32 (faster with native bf16)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Self-distil heads from the base model's own greedy outputs.
@@ -44,7 +49,8 @@ def heads_train(
     # Options and the output folder first: the corpus alone takes many minutes.
     cfg = TrainConfig(kind=kind.value, n_heads=n_heads, n_layers=n_layers, sharegpt_prompts=sharegpt_prompts,
                       code_prompts=code_prompts, gen_tokens=gen_tokens, steps=steps, batch_size=batch_size,
-                      lr=lr, seed=seed, loss=loss.value)
+                      lr=lr, seed=seed, loss=loss.value, corpus_batch=corpus_batch,
+                      train_dtype=train_dtype.value)
     torch_dtype, torch_device = parse_dtype(dtype), resolve_device(device)
     out = check_output_folder(out, "--out")
     check_out_dir(cfg, out)

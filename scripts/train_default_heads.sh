@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The command that made the heads shipped in entmtp/data/heads/smollm2-135m-instruct/.
-# Both kinds train on one recorded corpus (prompts.json + corpus.pt are reused).
+# Hydra and Hydra++ train on one recorded corpus (prompts.json + corpus.pt are reused).
 # Scale knobs default to the shipped run; pass e.g. STEPS=300 PROMPTS=150 for a quick one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,16 +11,17 @@ OUT="${OUT:-runs/default-heads}"
 common=(--sharegpt-prompts "${PROMPTS:-600}" --code-prompts "${CODE_PROMPTS:-200}"
         --gen-tokens "${GEN_TOKENS:-128}" --steps "${STEPS:-1500}" --batch-size "${BATCH:-128}"
         --seed 0)
-# Medusa and Hydra were trained on hard labels (before --loss existed; teacher is the default now).
+# Medusa was trained on hard labels (before --loss existed; teacher is the default now), on a
+# corpus generated in fp32.
 "${ENTMTP:-entmtp}" heads train --head-kind medusa --loss hard --out "$OUT/medusa" "${common[@]}" \
   --dtype "${DTYPE:-fp32}"
-mkdir -p "$OUT/hydra"
-cp -n "$OUT/medusa/prompts.json" "$OUT/medusa/corpus.pt" "$OUT/hydra/"
-"${ENTMTP:-entmtp}" heads train --head-kind hydra --loss hard --out "$OUT/hydra" "${common[@]}" \
-  --dtype "${DTYPE:-fp32}"
-# Hydra++: the same prompts (same seed), teacher loss, on a corpus generated in bf16 (on the
-# AMX machine it trained on, bf16 decoding is the fast one).
+# Hydra++ and Hydra: the same prompts (same seed), teacher loss, on one corpus generated in bf16
+# (on the AMX machine they trained on, bf16 decoding is the fast one).
 "${ENTMTP:-entmtp}" heads train --head-kind hydrapp --loss teacher --out "$OUT/hydrapp" "${common[@]}" \
+  --dtype "${HYDRAPP_DTYPE:-bf16}"
+mkdir -p "$OUT/hydra"
+cp -n "$OUT/hydrapp/prompts.json" "$OUT/hydrapp/corpus.pt" "$OUT/hydra/"
+"${ENTMTP:-entmtp}" heads train --head-kind hydra --loss teacher --out "$OUT/hydra" "${common[@]}" \
   --dtype "${HYDRAPP_DTYPE:-bf16}"
 dest=entmtp/data/heads/smollm2-135m-instruct
 mkdir -p "$dest"

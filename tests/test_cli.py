@@ -227,11 +227,12 @@ def test_console_script_exit_status(tmp_path):
 def test_cli_choices_match_the_package():
     # cli/choices.py spells the lists out (importing them would pull torch into --help).
     from entmtp.heads.modules import KINDS
-    from entmtp.heads.train import LOSSES
+    from entmtp.heads.train import LOSSES, TRAIN_DTYPES
     from entmtp.schedule.spec import RATE_SIGNALS, SCHEDULERS
-    from entmtp_cli.choices import HeadKind, Scheduler, Signal, TrainLoss
+    from entmtp_cli.choices import HeadKind, Scheduler, Signal, TrainDtype, TrainLoss
 
     assert {c.value for c in HeadKind} == set(KINDS)
     assert {c.value for c in TrainLoss} == set(LOSSES)
+    assert {c.value for c in TrainDtype} == set(TRAIN_DTYPES)
     assert {c.value for c in Scheduler} == set(SCHEDULERS)
     assert {c.value for c in Signal} == set(RATE_SIGNALS)

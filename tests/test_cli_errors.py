@@ -203,6 +203,8 @@ HEADS_TRAIN = [
     (("--gen-tokens", "1"), "--gen-tokens must be an integer >= 2, got 1"),
     (("--steps", "0"), "--steps must be an integer >= 1, got 0"),
     (("--batch-size", "0"), "--batch-size must be an integer >= 1, got 0"),
+    (("--corpus-batch", "0"), "--corpus-batch must be an integer >= 1, got 0"),
+    (("--train-dtype", "fp16"), "--train-dtype"),
     (("--dtype", "fp64"), "--dtype must be one of"),
 ]
 
@@ -304,6 +306,10 @@ def test_heads_train_refuses_a_folder_of_other_options(capsys, no_model, tmp_pat
     code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
     assert code == 2
     _one_error_line(err, "holds a corpus made with --gen-tokens 64; rerun with those options to use it")
+    _earlier_run(run, corpus_batch=64)
+    code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
+    assert code == 2
+    _one_error_line(err, "holds a corpus made with --corpus-batch 64; rerun with those options to use it")
     # Another training on the same corpus is fine until a checkpoint says which one this folder holds.
     import torch
 
@@ -318,7 +324,9 @@ def test_heads_train_refuses_a_folder_of_other_options(capsys, no_model, tmp_pat
     # A checkpoint from before checkpoints recorded their config, and before --loss existed: hard labels.
     torch.save({"step": 5}, run / "checkpoint.pt")
     document = json.loads((run / "prompts.json").read_text())
-    del document["config"]["loss"]
+    # (and before --corpus-batch and --train-dtype: 16 and fp32, the defaults, so not named)
+    for option in ("loss", "corpus_batch", "train_dtype"):
+        del document["config"][option]
     (run / "prompts.json").write_text(json.dumps(document))
     code, _, err = _cli(capsys, "heads", "train", "--out", str(run))
     assert code == 2

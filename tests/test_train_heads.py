@@ -20,11 +20,13 @@ def test_stdlib_prompts_are_code_and_not_humaneval():
     assert all("```python\ndef " in text for _, text in prompts)
 
 
-@pytest.mark.parametrize("kind,loss", [("medusa", "hard"), ("hydra", "teacher"), ("hydrapp", "teacher")])
-def test_train_resume_and_load(default_model_dir, tmp_path, kind, loss, capsys):
+@pytest.mark.parametrize("kind,loss,train_dtype,corpus_batch", [
+    ("medusa", "hard", "fp32", 16), ("hydra", "teacher", "bf16", 2), ("hydrapp", "teacher", "bf16", 16)])
+def test_train_resume_and_load(default_model_dir, tmp_path, kind, loss, train_dtype, corpus_batch, capsys):
     loaded = load_model(str(default_model_dir), torch.bfloat16)
     cfg = TrainConfig(kind=kind, n_heads=2, sharegpt_prompts=0, code_prompts=3, gen_tokens=12, steps=4,
-                      batch_size=8, checkpoint_every=2, held_out=0.34, loss=loss)
+                      batch_size=8, checkpoint_every=2, held_out=0.34, loss=loss, train_dtype=train_dtype,
+                      corpus_batch=corpus_batch)
     # Stop after 2 steps, then rerun the same config: it must resume, not restart.
     train_heads(loaded, TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -38,6 +40,10 @@ def test_train_resume_and_load(default_model_dir, tmp_path, kind, loss, capsys):
     assert heads.kind == kind and heads.n_heads == 2
     assert isinstance(heads, MedusaHeads if kind == "medusa" else HydraHeads)
     assert meta["training"]["config"]["loss"] == loss
+    assert (meta["training"]["config"]["train_dtype"], meta["training"]["config"]["corpus_batch"]) == (
+        train_dtype, corpus_batch)
+    # The master weights stay fp32 whatever the training dtype (the shipped file is bf16).
+    assert all(t.dtype == torch.float32 for t in last_heads(tmp_path).values())
     top1 = meta["training"]["held_out_top1"]
     assert len(top1) == 2 and all(0.0 <= a <= 1.0 for a in top1)
     # Training time adds up over the resumed runs; rerunning the finished run trains nothing
@@ -130,6 +136,47 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
     assert tokens.shape == (4, n_prompt + 12) and hidden.shape == (4, n_prompt + 11, loaded.config.hidden_size)
     for row_index, row in enumerate(rows):
         assert tokens[row_index, n_prompt:].tolist() == ArDecoder(loaded.model).generate(row, 12, ()).token_ids
+
+
+def last_heads(folder):
+    return torch.load(folder / "checkpoint.pt", weights_only=False)["heads"]
+
+
+@pytest.mark.parametrize("kind,loss", [("medusa", "teacher"), ("hydra", "hard"), ("hydrapp", "teacher")])
+def test_bf16_training_step_matches_fp32(kind, loss):
+    """--train-dtype bf16: the same batch's loss and gradients as fp32 within bf16's rounding,
+    the gradients landing on the fp32 weights, and not the fp32 computation itself."""
+    from entmtp.heads.prefix import HydraPrefixHeads, PrefixShape
+    from entmtp.heads.train import step_loss
+    from entmtp.model.config import ModelConfig
+
+    config = ModelConfig.from_hf_dict(dict(model_type="llama", vocab_size=96, hidden_size=32, intermediate_size=48,
+                                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    sizes = (3, 2, 32, 96, True)
+    heads = (HydraPrefixHeads(*sizes, prefix_shape=PrefixShape.of(config)) if kind == "hydrapp"
+             else (MedusaHeads if kind == "medusa" else HydraHeads)(*sizes))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.2, generator=g)
+    lm_head, embed = torch.randn(96, 32, generator=g), torch.randn(96, 32, generator=g)
+    sequences = [{"tokens": torch.randint(0, 96, (n,), generator=g), "start": 2,
+                  "hidden": torch.randn(n - 1, 32, generator=g).half()} for n in (20, 15, 26)]
+    pairs = torch.tensor([[0, 3], [1, 9], [2, 20], [0, 11], [2, 4], [1, 2]])
+    cfg = TrainConfig(kind=kind, n_heads=3, loss=loss)
+    losses, grads = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        heads.zero_grad()
+        value = step_loss(heads, sequences, pairs, cfg, config, lm_head.to(dtype), embed.to(dtype))
+        value.backward()
+        losses.append(value.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in heads.parameters()]))
+        assert all(p.grad.dtype == torch.float32 for p in heads.parameters())
+    assert losses[0].dtype == losses[1].dtype == torch.float32
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=0)
+    assert losses[1] != losses[0]
+    assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
 
 
 def test_teacher_loss_is_soft_cross_entropy_against_the_base():

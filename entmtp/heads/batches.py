@@ -82,10 +82,12 @@ def head_logits(heads, hidden, paths, lm_head, embed) -> torch.Tensor:
 def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_hidden: torch.Tensor, lm_head: torch.Tensor,
               loss: str) -> torch.Tensor:
     """logits [n, B, V]; targets [n, B] (-100 = none); teacher_hidden [n, B, H] (see batch_targets)."""
+    # Softmaxes in fp32 also when the matmuls ran in bf16 (--train-dtype bf16).
+    logits = logits.float()
     if loss == "hard":
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     valid = (targets >= 0).float()
     with torch.no_grad():
-        teacher = torch.softmax(teacher_hidden @ lm_head.T, dim=-1)           # [n, B, V]
+        teacher = torch.softmax((teacher_hidden.to(lm_head.dtype) @ lm_head.T).float(), dim=-1)  # [n, B, V]
     soft = -(teacher * torch.log_softmax(logits, dim=-1)).sum(-1)              # [n, B]
     return (soft * valid).sum() / valid.sum().clamp(min=1)

@@ -44,6 +44,7 @@ from entmtp.outputs import write_atomically
 
 # teacher: soft cross-entropy against the base's distribution; hard: against its greedy token.
 LOSSES = ("teacher", "hard")
+TRAIN_DTYPES = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +62,22 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     loss: str = "teacher"
+    # Prompts generated together: on a CPU whose linears cost nearly the same for 1 and 64 rows
+    # (AMX), a larger batch makes the corpus several times faster. Part of the corpus: a batch
+    # trims its prompts to its shortest (see corpus._equal_length_batches).
+    corpus_batch: int = 16
+    # bf16: the heads' matmuls (and the teacher's) run in bf16; the weights and the optimizer
+    # stay fp32, softmaxes and losses are fp32. Evaluation is in fp32.
+    train_dtype: str = "fp32"
 
     def __post_init__(self):
         if self.kind not in HEAD_KINDS:
             raise UsageError(f"--head-kind must be one of {', '.join(HEAD_KINDS)}, not {self.kind!r}")
         if self.loss not in LOSSES:
             raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
-        for name in ("n_heads", "n_layers", "steps", "batch_size", "checkpoint_every"):
+        if self.train_dtype not in TRAIN_DTYPES:
+            raise UsageError(f"--train-dtype must be one of {', '.join(TRAIN_DTYPES)}, not {self.train_dtype!r}")
+        for name in ("n_heads", "n_layers", "steps", "batch_size", "checkpoint_every", "corpus_batch"):
             _check_int(name, getattr(self, name), 1)
         for name in ("sharegpt_prompts", "code_prompts"):
             _check_int(name, getattr(self, name), 0)
@@ -97,10 +107,11 @@ def _check_int(name: str, value, minimum: int) -> None:
 # serves any training with the same ones, so kinds and losses compare on one corpus (copy
 # prompts.json and corpus.pt into a new --out). A resumed run may train longer (more --steps: the
 # schedule is a function of the step); any other change would mix heads of two configurations.
-CORPUS_OPTIONS = ("sharegpt_prompts", "code_prompts", "gen_tokens", "seed", "held_out")
+CORPUS_OPTIONS = ("sharegpt_prompts", "code_prompts", "gen_tokens", "seed", "held_out", "corpus_batch")
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
-# What runs recorded before an option existed did: a folder without "loss" was trained on hard labels.
-_BEFORE_OPTION = {"loss": "hard"}
+# What runs recorded before an option existed did: a folder without "loss" was trained on hard
+# labels, one without "corpus_batch" generated 16 prompts at a time, in fp32 training.
+_BEFORE_OPTION = {"loss": "hard", "corpus_batch": 16, "train_dtype": "fp32"}
 
 
 def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
@@ -232,7 +243,8 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
         if not isinstance(sequences, list) or len(sequences) != len(prompts):
             raise EntmtpError(f"{corpus_file} does not match prompts.json; delete it to generate the corpus again")
     else:
-        sequences = build_corpus(loaded, prompts, cfg.gen_tokens, console, parts=out_dir / CORPUS_PARTS)
+        sequences = build_corpus(loaded, prompts, cfg.gen_tokens, console, batch_size=cfg.corpus_batch,
+                                 parts=out_dir / CORPUS_PARTS)
         _torch_save(sequences, corpus_file)
     # The parts are in corpus.pt now (also after a stop between writing it and this).
     shutil.rmtree(out_dir / CORPUS_PARTS, ignore_errors=True)
@@ -248,6 +260,9 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
     cfg_model = loaded.config
     embed = loaded.model.embed.float()
     lm_head = loaded.model.lm_head.float()
+    # --train-dtype bf16: the frozen embedding and [V, H] LM head in bf16, cast once.
+    bf16 = cfg.train_dtype == "bf16"
+    step_embed, step_lm_head = (embed.bfloat16(), lm_head.bfloat16()) if bf16 else (embed, lm_head)
     sizes = (cfg.n_heads, cfg.n_layers, cfg_model.hidden_size, cfg_model.vocab_size, True)
     if cfg.kind == HydraPrefixHeads.kind:
         heads = HydraPrefixHeads(*sizes, prefix_shape=PrefixShape.of(cfg_model))
@@ -282,10 +297,7 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
         task = progress.add_task(f"training {cfg.kind} heads", total=cfg.steps, completed=step)
         while step < cfg.steps:
             pick = draw_pairs(train_pairs, cfg)
-            targets, paths, teacher_hidden = batch_targets(train_seqs, pick, cfg.n_heads)
-            hidden = head_inputs(heads, train_seqs, pick, cfg_model)
-            logits = head_logits(heads, hidden, paths, lm_head, embed)           # [n, B, V]
-            loss = head_loss(logits, targets, teacher_hidden, lm_head, cfg.loss)
+            loss = step_loss(heads, train_seqs, pick, cfg, cfg_model, step_lm_head, step_embed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimizer.param_groups:
@@ -323,6 +335,16 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
     # fp32 master copy stays in checkpoint.pt.
     save_heads(heads.to(torch.bfloat16), out_dir / "heads", metadata)
     return metadata
+
+
+def step_loss(heads, sequences, pairs, cfg: TrainConfig, model_config, lm_head, embed) -> torch.Tensor:
+    """The loss of one training batch (pairs [B, 2]). lm_head [V, H] and embed [V, H] are fp32,
+    or bf16 for --train-dtype bf16: the heads then cast their fp32 weights to the input's dtype
+    (differentiably), so every matmul runs in bf16 while the gradients reach the fp32 weights."""
+    targets, paths, teacher_hidden = batch_targets(sequences, pairs, cfg.n_heads)
+    hidden = head_inputs(heads, sequences, pairs, model_config).to(lm_head.dtype)  # [B, H]
+    logits = head_logits(heads, hidden, paths, lm_head, embed)                     # [n, B, V]
+    return head_loss(logits, targets, teacher_hidden, lm_head, cfg.loss)
 
 
 @torch.no_grad()
