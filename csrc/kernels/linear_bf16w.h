@@ -20,6 +20,14 @@
 //                        bf16 products with fp32 accumulation; NR 4 x MR 6.
 //                        x fp32 keeps the level-2 widening path (fp32 math).
 //   amx (4)              x bf16 and M >= kAmxMinRows: tiles, linear_amx.h.
+// Up to kSeqRows input rows (plain decoding, small trees) every path runs NR 1:
+// one weight row at a time, so each thread reads its weights as one sequential
+// stream. NR 4 side by side is four short streams, which the hardware
+// prefetcher follows poorly: measured on a 2-core Zen4 (avx512bf16 path), the
+// 49152 x 576 GEMV read 12-14 GB/s with NR 4 and 24-30 GB/s with NR 1 (a plain
+// read: 41 GB/s), and plain decoding went from 23 to 12-15 ms a token. Above
+// kSeqRows the NR x MR tiles pay off (more reuse per load); there the first
+// tile of input rows prefetches a later block linearly (kAheadBlocks).
 // x is packed once per call (fp32 permuted, or bf16), zero-padded to a whole
 // number of chunks; the weight tail chunk is read through a zero-padded copy
 // (or a masked load), so every path handles any K and N.
@@ -122,7 +130,7 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
     store_out(a, m + j, n, NR, out);
   }
 }
-constexpr int kNR = 4, kMR = 2, kNR1 = 4;
+constexpr int kNR = 4, kMR = 2;
 #endif
 
 #if ENTMTP_ISA_LEVEL == 1
@@ -170,7 +178,7 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
     store_out(a, m + j, n, NR, out);
   }
 }
-constexpr int kNR = 2, kMR = 4, kNR1 = 4;
+constexpr int kNR = 2, kMR = 4;
 #endif
 
 #if ENTMTP_ISA_LEVEL >= 2
@@ -192,8 +200,11 @@ inline __m512i load_w32(const uint16_t* row, int64_t k, int64_t K) {
   return _mm512_maskz_loadu_epi16((__mmask32)((1ull << (K - k)) - 1), row + k);
 }
 
+// Inlined always: a call taking acc by reference made GCC keep acc in memory
+// and store every accumulator on every k step (seen in the disassembly).
 template <int NR, int MR>
-void store_tile(const LinearArgs& a, __m512 (&acc)[NR][MR], int64_t m, int64_t n) {
+__attribute__((always_inline)) inline void store_tile(const LinearArgs& a, __m512 (&acc)[NR][MR], int64_t m,
+                                                      int64_t n) {
   const __m512 z = _mm512_setzero_ps();
   #pragma GCC unroll 8
   for (int j = 0; j < MR; ++j) {
@@ -206,7 +217,7 @@ void store_tile(const LinearArgs& a, __m512 (&acc)[NR][MR], int64_t m, int64_t n
 
 // fp32 x (packed evens | odds per 32-chunk) against widened weights.
 template <int NR, int MR>
-void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
+void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n, const char* pf) {
   const int64_t K = a.K, Kp = padded_k(K);
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   __m512 acc[NR][MR];
@@ -214,10 +225,15 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 8
     for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_setzero_ps();
+  const uint16_t* wr[NR];  // the tile's weight rows, addressed once
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) wr[r] = w_row(a, n + r);
   for (int64_t k = 0; k < Kp; k += kChunk) {
+    if (pf != nullptr)  // NR lines of a later block per k step: the whole block by the loop's end
+      for (int r = 0; r < NR; ++r) _mm_prefetch(pf + (k / kChunk * NR + r) * 64, _MM_HINT_T0);
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const __m512i raw = load_w32(w_row(a, n + r), k, K);
+      const __m512i raw = load_w32(wr[r], k, K);
       const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(raw, hi_mask));
       #pragma GCC unroll 8
@@ -229,25 +245,30 @@ void tile(const LinearArgs& a, const float* xp, int64_t m, int64_t n) {
   }
   store_tile<NR, MR>(a, acc, m, n);
 }
-constexpr int kNR = 4, kMR = 4, kNR1 = 4;
+constexpr int kNR = 4, kMR = 4;
 
 #if ENTMTP_ISA_LEVEL >= 3
 // bf16 x (natural order, zero-padded to Kp) with vdpbf16ps.
 template <int NR, int MR>
-void tile_bf16(const LinearArgs& a, const uint16_t* xp, int64_t m, int64_t n) {
+void tile_bf16(const LinearArgs& a, const uint16_t* xp, int64_t m, int64_t n, const char* pf) {
   const int64_t K = a.K, Kp = padded_k(K);
   __m512 acc[NR][MR];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 8
     for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_setzero_ps();
+  const uint16_t* wr[NR];  // the tile's weight rows, addressed once
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) wr[r] = w_row(a, n + r);
   for (int64_t k = 0; k < Kp; k += kChunk) {
+    if (pf != nullptr)  // NR lines of a later block per k step: the whole block by the loop's end
+      for (int r = 0; r < NR; ++r) _mm_prefetch(pf + (k / kChunk * NR + r) * 64, _MM_HINT_T0);
     __m512i xv[MR];
     #pragma GCC unroll 8
     for (int j = 0; j < MR; ++j) xv[j] = _mm512_loadu_si512(xp + (m + j) * Kp + k);
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const __m512bh wv = (__m512bh)load_w32(w_row(a, n + r), k, K);
+      const __m512bh wv = (__m512bh)load_w32(wr[r], k, K);
       #pragma GCC unroll 8
       for (int j = 0; j < MR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, (__m512bh)xv[j]);
     }
@@ -257,6 +278,31 @@ void tile_bf16(const LinearArgs& a, const uint16_t* xp, int64_t m, int64_t n) {
 constexpr int kMRb = 6;
 #endif
 #endif
+
+// Measured on the Zen4 above, 30 layers' four projections of the default model
+// at M rows (ms, median of alternating builds): NR 1 up to 8 rows beat NR 4 at
+// 1-8 rows on the avx512bf16 and (forced) avx2 paths, and lost at 16 (34 vs 27).
+#ifndef ENTMTP_BF16W_SEQ_ROWS
+#define ENTMTP_BF16W_SEQ_ROWS 8
+#endif
+constexpr int64_t kSeqRows = ENTMTP_BF16W_SEQ_ROWS;
+
+// Same measurement, 6 alternating rounds: prefetching 0 / 1 / 4 blocks ahead gave
+// 28.2 / 23.1 / 23.1 ms at 16 rows, 41.6 / 35.5 / 35.2 at 32, 66.7 / 64.1 / 60.7 at 64.
+#ifndef ENTMTP_BF16W_AHEAD_BLOCKS
+#define ENTMTP_BF16W_AHEAD_BLOCKS 4
+#endif
+// Past a few input rows a tile reads NR weight rows side by side, which the
+// hardware prefetcher follows poorly (NR short streams); the rows of the block
+// kAheadBlocks on are one contiguous range, prefetched linearly by the first
+// tile of input rows (null: nothing to prefetch: a one-row block, the end, or
+// the quantized linear's scratch, already in cache).
+constexpr int64_t kAheadBlocks = ENTMTP_BF16W_AHEAD_BLOCKS;
+inline const char* ahead_block(const LinearArgs& a, bool first_rows, int64_t n, int nr) {
+  if (kAheadBlocks <= 0 || nr == 1 || !first_rows || a.w_rows >= 0 || n + (kAheadBlocks + 1) * nr > a.N)
+    return nullptr;
+  return reinterpret_cast<const char*>(w_row(a, n + kAheadBlocks * nr));
+}
 
 // Calls fn(rows, m) over rows [m0, m1): MR at a time, then 4/2/1 for the rest.
 template <int MR, typename Fn>
@@ -328,15 +374,23 @@ inline void linear_simd_run(const LinearArgs& a, const void* packed, int64_t m0,
 #if ENTMTP_ISA_LEVEL >= 3
   if (a.x_bf16) {
     const uint16_t* xp = static_cast<const uint16_t*>(packed);
-    auto t = [&](auto nr, auto mr, int64_t m, int64_t n) { tile_bf16<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n); };
-    if (m1 - m0 == 1) blocks_loop<kNR1, 1>(m0, m1, n0, n1, t);
+    auto t = [&](auto nr, auto mr, int64_t m, int64_t n) {
+      tile_bf16<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n, ahead_block(a, m == m0, n, decltype(nr)::value));
+    };
+    if (m1 - m0 <= kSeqRows) blocks_loop<1, kMRb>(m0, m1, n0, n1, t);
     else blocks_loop<kNR, kMRb>(m0, m1, n0, n1, t);
     return;
   }
 #endif
   const float* xp = static_cast<const float*>(packed);
-  auto t = [&](auto nr, auto mr, int64_t m, int64_t n) { tile<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n); };
-  if (m1 - m0 == 1) blocks_loop<kNR1, 1>(m0, m1, n0, n1, t);
+  auto t = [&](auto nr, auto mr, int64_t m, int64_t n) {
+#if ENTMTP_ISA_LEVEL >= 2
+    tile<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n, ahead_block(a, m == m0, n, decltype(nr)::value));
+#else
+    tile<decltype(nr)::value, decltype(mr)::value>(a, xp, m, n);
+#endif
+  };
+  if (m1 - m0 <= kSeqRows) blocks_loop<1, kMR>(m0, m1, n0, n1, t);
   else blocks_loop<kNR, kMR>(m0, m1, n0, n1, t);
 }
 
