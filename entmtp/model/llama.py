@@ -59,7 +59,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     fp32 with few rows goes through (W @ x.T).T: MKL's fp32 GEMV and small-M GEMM
     run slow and single-threaded, while the transposed product takes its fast
     multi-threaded path (measured 1.65x faster decode on a 2-core AVX2 machine).
-    M = 1 is padded to 2 rows for the same reason. bf16 weights on the CPU take the
+    M = 1 is padded to 2 rows for the same reason, as a contiguous copy: a
+    stride-0 expand made the product 2.7x slower on a 2-core Zen4 (30 layers'
+    projections: 73-81 ms expanded, 27-28 ms copied, 38-47 ms for F.linear). bf16 weights on the CPU take the
     backend measured fastest for the shape (entmtp.model.linear). Quantized weights take
     linear_quant (csrc/kernels/linear_quant.h).
     """
@@ -74,7 +76,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if x.dtype == torch.float32 and x.shape[0] <= 32:
         rows = x.shape[0]
         if rows == 1:
-            x = x.expand(2, -1)
+            x = x.expand(2, -1).contiguous()  # [2, K]
         out = torch.mm(weight, x.t()).t()[:rows].contiguous()  # [M, N]; a small copy
         return out + bias if bias is not None else out
     return F.linear(x, weight, bias)
