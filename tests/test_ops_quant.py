@@ -24,12 +24,14 @@ def int8_path(M: int) -> bool:
 
 
 def test_int8_rows_by_path():
-    # VNNI paths hand over to the dequantizing route early (it has fast unpacking there).
+    # VNNI paths hand over to the dequantizing route early (it has fast unpacking there),
+    # amx earliest (its dequantized rows run on AMX tiles).
     rows = torch.ops.entmtp.linear_quant_int8_rows()
-    assert rows == {"portable": 0, "avx2": 32, "avx512": 32, "avx512bf16": 4, "amx": 4}[torch.ops.entmtp.cpu_isa()]
-# K = 96 and 224 end a row with a partial 4-block group on the int8 path (M <= 4).
-SHAPES = [(1, 576, 960), (3, 1536, 576), (4, 32, 17), (2, 96, 20), (1, 224, 9), (17, 64, 40), (64, 576, 3072),
-          (130, 96, 577)]
+    assert rows == {"portable": 0, "avx2": 32, "avx512": 32, "avx512bf16": 8, "amx": 4}[torch.ops.entmtp.cpu_isa()]
+# K = 96 and 224 end a row with a partial 4-block group on the int8 path (M <= 4). M = 6
+# and 8 are the int8 route on avx512bf16 and the dequantizing one on amx.
+SHAPES = [(1, 576, 960), (3, 1536, 576), (4, 32, 17), (2, 96, 20), (1, 224, 9), (6, 96, 33), (8, 576, 70),
+          (17, 64, 40), (64, 576, 3072), (130, 96, 577)]
 
 
 def blocks(w: torch.Tensor, qtype: int) -> torch.Tensor:
