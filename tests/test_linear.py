@@ -54,7 +54,7 @@ def test_linear_bf16w_rows_alone_equal_rows_in_a_batch(x_dtype):
     # Plain decoding multiplies one row, verification a tree's rows: fp32 greedy
     # output equals plain decoding's only if a row's result does not depend on how
     # many rows came with it. The kernels switch tiling at a few rows (one weight
-    # row at a time up to 8 input rows, 4 x 6 tiles above), so cross that switch.
+    # row at a time up to 8 input rows, several side by side above), so cross that switch.
     if x_dtype == torch.bfloat16 and torch.ops.entmtp.cpu_isa() == "amx":
         pytest.skip("bf16 x on the amx path runs AMX tiles, whose sums are in another order than one row's")
     g = torch.Generator().manual_seed(7)

@@ -12,7 +12,7 @@
 //   portable (level 0)   GCC vector extensions, widening loads, NR 4 x MR 2.
 //   avx2     (level 1)   16 bf16 widened by two unpacks with zero (lane order
 //                        {0-3,8-11} / {4-7,12-15}; x is packed in that order
-//                        once per call), NR 2 x MR 4 (M = 1: NR 4 x MR 1).
+//                        once per call), NR 2 x MR 4.
 //   avx512   (level 2)   32 bf16 per zmm load, widened by shift/and into even
 //                        and odd elements (x packed even|odd per 32-chunk),
 //                        NR 4 x MR 4.
@@ -26,8 +26,9 @@
 // prefetcher follows poorly: measured on a 2-core Zen4 (avx512bf16 path), the
 // 49152 x 576 GEMV read 12-14 GB/s with NR 4 and 24-30 GB/s with NR 1 (a plain
 // read: 41 GB/s), and plain decoding went from 23 to 12-15 ms a token. Above
-// kSeqRows the NR x MR tiles pay off (more reuse per load); there the first
-// tile of input rows prefetches a later block linearly (kAheadBlocks).
+// kSeqRows the NR x MR tiles pay off (more reuse per load); there, on the
+// AVX-512 paths, the first tile of input rows prefetches a later block
+// linearly (kAheadBlocks).
 // x is packed once per call (fp32 permuted, or bf16), zero-padded to a whole
 // number of chunks; the weight tail chunk is read through a zero-padded copy
 // (or a masked load), so every path handles any K and N.

@@ -61,7 +61,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     multi-threaded path (measured 1.65x faster decode on a 2-core AVX2 machine).
     M = 1 is padded to 2 rows for the same reason, as a contiguous copy: a
     stride-0 expand made the product 2.7x slower on a 2-core Zen4 (30 layers'
-    projections: 73-81 ms expanded, 27-28 ms copied, 38-47 ms for F.linear). bf16 weights on the CPU take the
+    projections: 73-81 ms expanded, 27-28 ms copied, 38-47 ms for F.linear).
+    bf16 weights on the CPU take the
     backend measured fastest for the shape (entmtp.model.linear). Quantized weights take
     linear_quant (csrc/kernels/linear_quant.h).
     """

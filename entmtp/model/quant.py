@@ -10,7 +10,8 @@ quantized weights with bf16 activations, the fast form: a matmul of a few rows
 (plain decoding, the heads' proposals, small trees; up to
 torch.ops.entmtp.linear_quant_int8_rows(): 4 on amx, 8 on avx512bf16, 32 on avx2)
 rounds its activations to int8 per block as llama.cpp does, larger ones use bf16
-products, so speculative greedy output agrees with plain decoding only approximately (bench reports the rate);
+products, so speculative greedy output agrees with plain decoding only
+approximately (bench reports the rate);
 q4_1-fp32 and q8_0-fp32 keep the same weights with fp32 activations (the exactness
 contract: speculative output equals plain decoding of the same quantized model,
 token for token).
