@@ -25,7 +25,7 @@ common=(--sharegpt-prompts "${PROMPTS:-600}" --code-prompts "${CODE_PROMPTS:-200
 "${ENTMTP:-entmtp}" heads train --head-kind hydra --loss teacher --out "$OUT/hydra" \
   --sharegpt-prompts "${HYDRA_PROMPTS:-2400}" --code-prompts "${CODE_PROMPTS:-200}" \
   --gen-tokens "${GEN_TOKENS:-128}" --steps "${HYDRA_STEPS:-4000}" --batch-size "${BATCH:-128}" --seed 0 \
-  --dtype "${HYDRAPP_DTYPE:-bf16}" --corpus-batch 64 --train-dtype bf16
+  --dtype "${HYDRA_DTYPE:-bf16}" --corpus-batch 64 --train-dtype bf16
 dest=entmtp/data/heads/smollm2-135m-instruct
 mkdir -p "$dest"
 for kind in medusa hydra hydrapp; do
