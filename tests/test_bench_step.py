@@ -11,7 +11,7 @@ from test_cli import _one_error_line, _run
 def test_bench_step_writes_the_documented_json(capsys, default_model_dir, tmp_path):
     out = tmp_path / "step.json"
     code, _, err = _run(capsys, "bench-step", "--model", str(default_model_dir), "--repeats", "1",
-                        "--new-tokens", "2", "--tree-nodes", "0,2", "--no-peers", "--json", str(out))
+                        "--new-tokens", "4", "--tree-nodes", "0,2", "--no-peers", "--json", str(out))
     assert code == 0, err
     result = json.loads(out.read_text())
     assert {"cpu_class", "floor_ms", "ar_ms", "prefill_tps", "curve", "peers"} <= set(result)
