@@ -10,8 +10,8 @@
 # a task whose source is in trees/banks/ is skipped (delete it to rebuild).
 # The shipped run: LIMIT= (every calibration prompt: 40/100/100/30), TOKENS=128, ROLLOUT=6
 # prompts x ROLLOUT_TOKENS=64 per grid tree; about 75 minutes for hydra and medusa on a 2-core
-# VM, 42 minutes for hydrapp's four on the 2-core Emerald Rapids one (26 with today's heads, and
-# 33 for hydra's, on a 2-core Zen4).
+# VM, 42 minutes for hydrapp's four on the 2-core Emerald Rapids one (26 with today's heads, 33
+# for hydra's and 38 for medusa's, beside a compile, on a 2-core Zen4).
 set -euo pipefail
 ENTMTP=${ENTMTP:-entmtp}
 LIMIT=${LIMIT:-}; TOKENS=${TOKENS:-128}; ROLLOUT=${ROLLOUT:-6}; ROLLOUT_TOKENS=${ROLLOUT_TOKENS:-64}
