@@ -39,6 +39,17 @@ TORCH_LIBRARY(entmtp, m) {
       "rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int n_q_heads, int n_kv_heads, "
       "Tensor(a!) k_cache, Tensor(b!) v_cache, int start) -> Tensor");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
+  // Every decoder layer of one forward in one call: the ops above in the order
+  // LlamaModel.forward_embeds runs them (so the result is bit for bit the same).
+  // inputs [B T, H]; weights 7 per layer (input_norm, qkv, qkv_bias or an empty
+  // tensor, o, post_norm, gate_up, down); qtypes 4 per layer (qkv, o, gate_up,
+  // down: -1 float, else linear_quant's qtype); cos, sin [B T, D]; kv as for
+  // kv_commit, written at [cache_len, cache_len + T) -> hidden after final_norm
+  // [B T, H] (CPU only).
+  m.def(
+      "decoder_layers(Tensor inputs, Tensor[] weights, int[] qtypes, Tensor cos, Tensor sin, Tensor(a!) kv, "
+      "int cache_len, int batch, Tensor? tree_bits, int n_q_heads, int n_kv_heads, float eps, float scale, "
+      "Tensor final_norm) -> Tensor");
   // The CPU kernels' code path chosen at run time (csrc/cpu/isa_select.h):
   // "portable", "avx2", "avx512", "avx512bf16" or "amx"; ENTMTP_ISA forces a
   // lower one. No tensor arguments, so these are catch-all kernels defined here.

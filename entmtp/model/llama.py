@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from entmtp import reference
-from entmtp.model.attention import StepAttention
+from entmtp.model import linear as gemm
+from entmtp.model.attention import OURS, StepAttention
 from entmtp.model.config import ModelConfig, rope_inverse_frequencies
 from entmtp.model.linear import bf16_linear
-from entmtp.model.quant import Precision, QuantizedWeight, embedding, precision_of
+from entmtp.model.quant import QTYPES, Precision, QuantizedWeight, embedding, precision_of
 
 
 @dataclasses.dataclass
@@ -124,6 +125,10 @@ class LlamaModel:
         self.device = final_norm.device
         self._rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.layer_ops = LayerOps(self.device)
+        # Run the layer loop as one op (torch.ops.entmtp.decoder_layers) wherever it would
+        # call the same ops as the Python loop; False keeps the Python loop (tests compare).
+        self.fused_layers = True
+        self._stack: Optional[tuple] = None  # _build_stack, at first use
         self._ensure_rope(min(config.max_position_embeddings, 4096))
 
     # -- RoPE -----------------------------------------------------------------
@@ -198,6 +203,11 @@ class LlamaModel:
         attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
                                            self.device)  # the backend and mask every layer shares
         x = inputs.to(self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
+        stack = self._fused_stack(rows, attend)
+        if stack is not None:
+            h = torch.ops.entmtp.decoder_layers(x, stack[0], stack[1], cos, sin, cache.kv, cache_len, batch,
+                                                tree_bits, n_q, n_kv, eps, scale, self.final_norm)
+            return h.view(batch, n_new, -1)
         h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
         for index, layer in enumerate(self.layers):
@@ -215,3 +225,39 @@ class LlamaModel:
         return h.view(batch, n_new, -1)
 
     __call__ = forward
+
+    def _fused_stack(self, rows: int, attend: StepAttention) -> Optional[tuple[list[torch.Tensor], list[int]]]:
+        """(weights, qtypes) for ops.decoder_layers when this forward of `rows` rows would run
+        exactly its ops from Python: CPU, our attention, and every matrix through our GEMMs
+        (quantized blocks, or bf16 weights where the measured plan picks ours); else None."""
+        if not self.fused_layers or self.device.type != "cpu" or attend.backend != OURS or torch.is_grad_enabled():
+            return None
+        if self._stack is None:
+            self._stack = self._build_stack()
+        weights, qtypes, float_shapes = self._stack
+        if weights is None:
+            return None
+        # bf16 x: the GEMM backend is a measured choice per shape and row count.
+        if self.dtype == torch.bfloat16 and any(gemm.choose(rows, n, k) != gemm.OURS for n, k in float_shapes):
+            return None
+        return weights, qtypes
+
+    def _build_stack(self) -> tuple:
+        """The decoder_layers arguments, built once: (weights, qtypes, the float matrices'
+        distinct shapes), or (None, None, None) where fp32 matrices take torch's GEMMs."""
+        weights: list[torch.Tensor] = []
+        qtypes: list[int] = []
+        float_shapes: set[tuple[int, int]] = set()
+        empty = torch.empty(0, dtype=self.dtype)
+        for layer in self.layers:
+            mats = (layer.qkv, layer.o, layer.gate_up, layer.down)
+            for m in mats:
+                if not isinstance(m, QuantizedWeight):
+                    if m.dtype != torch.bfloat16:
+                        return None, None, None
+                    float_shapes.add(tuple(m.shape))
+            data = [m.data if isinstance(m, QuantizedWeight) else m for m in mats]
+            weights += [layer.input_norm, data[0], layer.qkv_bias if layer.qkv_bias is not None else empty,
+                        data[1], layer.post_norm, data[2], data[3]]
+            qtypes += [QTYPES[m.qtype][0] if isinstance(m, QuantizedWeight) else -1 for m in mats]
+        return weights, qtypes, sorted(float_shapes)
