@@ -31,10 +31,27 @@ def cpu_class() -> str:
     return str(torch.ops.entmtp.cpu_isa())
 
 
+@lru_cache(maxsize=None)
+def build_id() -> str:
+    """12 hex digits naming the compiled extension (a hash of its file): a rebuilt or
+    upgraded entmtp runs other kernels, so what was measured with the old ones (GEMM
+    choices, cost curves) is measured again rather than trusted. Measured on a 2-core
+    Zen4: the one-op layer loop made the bf16 step 0.89x, and banks derived on the curve
+    of the build before it priced every tree on costs that no longer held."""
+    import entmtp._C as ext
+
+    digest = hashlib.sha1()
+    with open(ext.__file__, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def facts(device: torch.device | str = "cpu") -> dict:
     """The facts a measurement on `device` depends on."""
     device = torch.device(device)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type}
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type,
+           "build": build_id()}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     else:
