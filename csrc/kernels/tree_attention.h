@@ -17,11 +17,16 @@
 // merged afterwards (flash-decoding).
 //
 // Inside a tile, keys are streamed in blocks of kKeyBlock with an online
-// softmax in fp32. Scores are kept key-major, S[j][r], so the softmax runs
-// vectorised across rows. Decode-sized tiles (<= 4 rows) score by dot products
-// and accumulate P V row by row; larger tiles (tree verify, prefill) do both
-// products as register-blocked outer products (outer_microtile), which is
-// where the time goes. Torch-free: the launcher supplies threads and scratch.
+// softmax in fp32. Decode-sized tiles (<= 4 rows) keep scores row-major,
+// S[r][j], and work along the keys: 4 keys' dot products at a time (each K
+// vector widened once for all rows), the softmax vectorised along the keys,
+// P V in one pass over V read in place; measured on a 2-core Zen4 (bf16, 9 / 3
+// heads of 64, one token) this took 11.9 / 38.3 / 137 us at 200 / 1024 / 4096
+// keys where the earlier key-major form (one hsum per key and row, the softmax
+// across 3 of 8 lanes) took 15.5 / 55.4 / 201. Larger tiles (tree verify,
+// prefill) keep scores key-major, S[j][r], the softmax vectorised across rows,
+// and do both products as register-blocked outer products (outer_microtile),
+// which is where the time goes. Torch-free: the launcher supplies threads and scratch.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +34,7 @@
 #include <type_traits>
 
 #include "kernels/attention_args.h"
+#include "kernels/attention_decode.h"
 #include "kernels/isa.h"
 #include "kernels/simd.h"
 
@@ -36,7 +42,6 @@ namespace entmtp {
 namespace kernels {
 inline namespace ENTMTP_ISA_NS {
 
-constexpr int64_t kKeyBlock = 32;     // keys per streamed K/V block
 constexpr int64_t kMaxTileRows = 48;  // query rows (t, g) per tile; a multiple of 8
 constexpr int64_t kMinSplitKeys = 512;
 
@@ -99,23 +104,6 @@ Rows widen_block(const Elem* src, int64_t stride, int64_t n, int64_t D, float* s
   return Rows{scratch, D};
 }
 
-// Decode-sized tiles (R <= 4 rows): S[j][r] = dot(q_r, k_j) with the K row
-// widened in registers once and used for all R rows.
-template <int R, typename Elem>
-void scores_dot(const float* Q, const Elem* k, int64_t k_sl, int64_t nk, int64_t D, float* S,
-                int64_t rpad) {
-  for (int64_t j = 0; j < nk; ++j) {
-    const Elem* kr = k + j * k_sl;
-    vf8 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = splat(0.f);
-    for (int64_t d = 0; d < D; d += kLanes) {
-      const vf8 kv = load8(kr + d);
-      for (int r = 0; r < R; ++r) acc[r] += load8(Q + r * D + d) * kv;
-    }
-    for (int r = 0; r < R; ++r) S[j * rpad + r] = hsum(acc[r]);
-  }
-}
-
 // Outer-product accumulation, the workhorse of larger tiles:
 //   C[a][r] = init + sum_x A(a, x) * B[x][r],  A(a, x) = A[a * sa + x * sx],
 // for NA values of a and 8 * NV rows r at once; init is 0 (scale == nullptr)
@@ -167,40 +155,6 @@ void outer_product(const float* A, int64_t sa, int64_t sx, int64_t na, const flo
   if (r < rpad) outer_rows<1, kUnitX>(A, sa, sx, na, B, rpad, nx, r, scale, C, rpad);
 }
 
-// O[r][d..d+8*NV) = O * alpha[r] + sum_j P[j][r] V[j][d..] for NR rows at once.
-template <int NR, int NV>
-void pv_microtile(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t r0,
-                  const float* alpha, int64_t d0, int64_t D, float* O) {
-  vf8 acc[NR][NV];
-  for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load8(O + (r0 + r) * D + d0 + v * kLanes) * alpha[r0 + r];
-  for (int64_t j = 0; j < nk; ++j) {
-    vf8 vv[NV];
-    for (int v = 0; v < NV; ++v) vv[v] = load8(V[j] + d0 + v * kLanes);
-    for (int r = 0; r < NR; ++r) {
-      const vf8 p = splat(P[j * rpad + r0 + r]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += p * vv[v];
-    }
-  }
-  for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) store8(O + (r0 + r) * D + d0 + v * kLanes, acc[r][v]);
-}
-
-template <int NR>
-void pv_rows(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t r0,
-             const float* alpha, int64_t D, float* O) {
-  int64_t d = 0;
-  for (; d + 32 <= D; d += 32) pv_microtile<NR, 4>(V, nk, P, rpad, r0, alpha, d, D, O);
-  for (; d < D; d += 8) pv_microtile<NR, 1>(V, nk, P, rpad, r0, alpha, d, D, O);
-}
-
-inline void pv_update(const Rows& V, int64_t nk, const float* P, int64_t rpad, int64_t R,
-                      const float* alpha, int64_t D, float* O) {
-  int64_t r = 0;
-  for (; r + 2 <= R; r += 2) pv_rows<2>(V, nk, P, rpad, r, alpha, D, O);
-  if (r < R) pv_rows<1>(V, nk, P, rpad, r, alpha, D, O);
-}
-
 // Online-softmax step for one key block, vectorised over rows: turns scores
 // S[j][r] into probabilities in place relative to the new running max, and
 // updates m, l and the rescale factor alpha for the old accumulators.
@@ -229,6 +183,28 @@ inline void softmax_block(float* S, int64_t nk, int64_t rpad, float* m, float* l
 inline bool tree_visible(const uint64_t* bits, int64_t words, int64_t t, int64_t n) {
   if (bits == nullptr) return n <= t;
   return (bits[t * words + (n >> 6)] >> (n & 63)) & 1u;
+}
+
+// Sets S to -inf where row r0 + i may not see new-token key kb + j (S[j * sj + i * si];
+// the prefix, keys below L, is visible to every row).
+template <typename Elem>
+void mask_new_keys(const AttnArgs<Elem>& a, float* S, int64_t sj, int64_t si, int64_t kb, int64_t nk, int64_t r0,
+                   int64_t R, int64_t G) {
+  const int64_t L = a.Lk - a.T;
+  for (int64_t j = std::max<int64_t>(0, L - kb); j < nk; ++j)
+    for (int64_t i = 0; i < R; ++i)
+      if (!tree_visible(a.tree_bits, a.words, (r0 + i) / G, kb + j - L)) S[j * sj + i * si] = kNegInf;
+}
+
+// One key block [kb, kb + nk) of a decode-sized tile of R rows: scores S[r][j], the
+// tree mask, the online softmax and O += P V, all along the keys.
+template <int R, typename Elem>
+void decode_block(const AttnArgs<Elem>& a, const float* Q, const Elem* k, const Elem* v, int64_t kb, int64_t nk,
+                  int64_t r0, int64_t G, float* S, float* m, float* l, float* alpha, float* O) {
+  scores_rows<R>(Q, k, a.k_sl, nk, a.D, S);
+  mask_new_keys(a, S, 1, kKeyBlock, kb, nk, r0, R, G);
+  softmax_rows(S, nk, R, m, l, alpha);
+  pv_dot<R>(v, a.v_sl, nk, S, alpha, a.D, O);
 }
 
 }  // namespace attn_detail
@@ -293,28 +269,22 @@ TileAcc attention_tile(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t b, in
   for (int64_t kb = k_begin; kb < k_end; kb += kKeyBlock) {
     const int64_t nk = std::min(kKeyBlock, k_end - kb);
     if (dot_path) {
+      const Elem* kblk = kbase + kb * a.k_sl;
+      const Elem* vblk = vbase + kb * a.v_sl;
       switch (R) {
-        case 1: scores_dot<1>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
-        case 2: scores_dot<2>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
-        case 3: scores_dot<3>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
-        default: scores_dot<4>(Q, kbase + kb * a.k_sl, a.k_sl, nk, D, S, rpad); break;
+        case 1: decode_block<1>(a, Q, kblk, vblk, kb, nk, r0, G, S, m, l, alpha, O); break;
+        case 2: decode_block<2>(a, Q, kblk, vblk, kb, nk, r0, G, S, m, l, alpha, O); break;
+        case 3: decode_block<3>(a, Q, kblk, vblk, kb, nk, r0, G, S, m, l, alpha, O); break;
+        default: decode_block<4>(a, Q, kblk, vblk, kb, nk, r0, G, S, m, l, alpha, O); break;
       }
-    } else {
-      const Rows K = widen_block(kbase + kb * a.k_sl, a.k_sl, nk, D, Kf);
-      outer_product<true>(K.base, K.stride, 1, nk, Q, D, rpad, nullptr, S);  // S[j][r]
+      continue;
     }
-    // Mask the new-token keys a row may not see (the prefix is always visible).
-    if (kb + nk > L) {
-      for (int64_t j = std::max<int64_t>(0, L - kb); j < nk; ++j) {
-        const int64_t n = kb + j - L;
-        for (int64_t i = 0; i < R; ++i)
-          if (!tree_visible(a.tree_bits, a.words, (r0 + i) / G, n)) S[j * rpad + i] = kNegInf;
-      }
-    }
+    const Rows K = widen_block(kbase + kb * a.k_sl, a.k_sl, nk, D, Kf);
+    outer_product<true>(K.base, K.stride, 1, nk, Q, D, rpad, nullptr, S);  // S[j][r]
+    mask_new_keys(a, S, rpad, 1, kb, nk, r0, R, G);
     softmax_block(S, nk, rpad, m, l, alpha);
     const Rows V = widen_block(vbase + kb * a.v_sl, a.v_sl, nk, D, Vf);
-    if (dot_path) pv_update(V, nk, S, rpad, R, alpha, D, O);
-    else outer_product<false>(V.base, 1, V.stride, D, S, nk, rpad, alpha, O);  // Ot[d][r]
+    outer_product<false>(V.base, 1, V.stride, D, S, nk, rpad, alpha, O);  // Ot[d][r]
   }
   return TileAcc{O, dot_path ? D : 1, dot_path ? 1 : rpad, m, l};
 }
