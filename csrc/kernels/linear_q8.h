@@ -19,8 +19,9 @@
 // (int32 lane 4i + l = block i) and one the 4 (d, m) pairs; no gather, no
 // per-row scale pass. Q8_0: 2 x 2 blocks of 32 bytes, their d by one vpermt2w.
 // x is packed once per call in the matching lane order with its per-lane
-// scales (Q4_1: dx, and dx sum qx / 4 for the m term spread over the 4 lanes
-// of its block; Q8_0: dx and the -128 sum qx start values).
+// scales (Q4_1: dx by lane, and dx sum qx beside each block's m in the (d, m)
+// vector, which the m term multiplies as loaded; Q8_0: dx and the -128 sum qx
+// start values).
 #pragma once
 
 #include <immintrin.h>
@@ -46,7 +47,7 @@ constexpr int64_t kMaxBlocks = 512;  // K <= 16384
 #endif
 constexpr int64_t kQ8PrefetchRows = ENTMTP_Q8_PREFETCH_ROWS;
 // Packed x per 4-block group. Q4_1: int8 for the low nibbles [64], for the high
-// ones [64], dx by lane [16 f32], (dx sum qx) / 4 by lane [16 f32]. Q8_0: int8 of
+// ones [64], dx by lane [16 f32], [0, dx sum qx] per block [8 f32], zeros [8 f32]. Q8_0: int8 of
 // blocks 0-1 [64] and 2-3 [64], dx by lane [2 x 16 f32], -128 sum qx by lane [2 x 16 i32].
 template <QType Q>
 constexpr int64_t group_bytes() { return Q == QType::kQ4_1 ? 256 : 384; }
@@ -79,10 +80,11 @@ void pack_row(const uint16_t* x, int64_t K, char* out) {
     if constexpr (Q == QType::kQ4_1) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(g + 16 * i), _mm512_cvtsepi32_epi8(q0));       // x of low nibbles
       _mm_storeu_si128(reinterpret_cast<__m128i*>(g + 64 + 16 * i), _mm512_cvtsepi32_epi8(q1));  // and high
-      const float s = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) * 0.25f;
+      const float s = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
       float* dx = reinterpret_cast<float*>(g + 128);
-      float* sx = reinterpret_cast<float*>(g + 192);
-      for (int l = 0; l < 4; ++l) dx[4 * i + l] = d, sx[4 * i + l] = s;
+      float* sx = reinterpret_cast<float*>(g + 192);  // [0 s0 0 s1 0 s2 0 s3]: beside the weights' (d, m)
+      for (int l = 0; l < 4; ++l) dx[4 * i + l] = d;
+      sx[2 * i + 1] = s;
     } else {
       // Blocks 2h, 2h + 1 share zmm h: lane 8 (i % 2) + l holds bytes 4l..4l+3 of block i.
       const int64_t h = i / 2, half = i % 2;
@@ -121,7 +123,6 @@ void tile(const QuantLinearArgs& a, const LinearArgs& la, const char* xp, int64_
   // Q8_0 word indices of the 4 d's (bytes 0, 34, 68, 102).
   const __m512i d_idx = _mm512_setr_epi32(0 | 17 << 16, 34 | 51 << 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i by4_even = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-  const __m512i by4_odd = _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7);
   const __m512i by8_lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const __m512i by8_hi = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   const __m512i low4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8(-128);
@@ -158,9 +159,9 @@ void tile(const QuantLinearArgs& a, const LinearArgs& la, const char* xp, int64_
         const __m512i lo = _mm512_and_si512(y, low4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(y, 4), low4);
         // [d0 m0 d1 m1 d2 m2 d3 m3] fp32, then each spread over its block's 4 lanes.
-        const __m512 dm = _mm512_castps256_ps512(
+        const __m512 dm = _mm512_zextps256_ps512(  // zero above lane 8: the m term reads every lane
             _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi32(part0, dm_idx, part1))));
-        const __m512 dw = _mm512_permutexvar_ps(by4_even, dm), mw = _mm512_permutexvar_ps(by4_odd, dm);
+        const __m512 dw = _mm512_permutexvar_ps(by4_even, dm);
         #pragma GCC unroll 8
         for (int j = 0; j < MR; ++j) {
           const char* x = xp + (m + j) * xs + g * gb;
@@ -169,7 +170,7 @@ void tile(const QuantLinearArgs& a, const LinearArgs& la, const char* xp, int64_
           const __m512 dx = _mm512_loadu_ps(reinterpret_cast<const float*>(x + 128));
           const __m512 sx = _mm512_loadu_ps(reinterpret_cast<const float*>(x + 192));
           acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), acc[r][j]);
-          acc[r][j] = _mm512_fmadd_ps(mw, sx, acc[r][j]);
+          acc[r][j] = _mm512_fmadd_ps(dm, sx, acc[r][j]);  // m_i (dx sum qx)_i in lane 2i + 1, 0 elsewhere
         }
       } else {
         auto q32 = [&](int64_t i) {  // block i's 32 bytes, zero past the row's end
