@@ -32,6 +32,7 @@ from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.heads.prefix import HydraPrefixHeads, PrefixRunner
 from entmtp.heads.shortlist import DraftVocab
 from entmtp.model.llama import KVCache, LlamaModel
+from entmtp.model.quant import BLOCK, QuantizedWeight, quantize
 from entmtp.schedule.policies import DRAFT, TreePolicy
 from entmtp.schedule.signals import DEFAULT_WINDOW, Signals, SignalTracker
 from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
@@ -39,6 +40,19 @@ from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
 # Guesses per head: the widest a tree can branch below a node. Upstream Medusa's and
 # Hydra's default, and what the shipped trees and banks were built with.
 DEFAULT_TOP_K = 10
+
+
+def draft_head_for(model: LlamaModel, heads, lm_head):
+    """The LM head drafting projects onto: a Q8_0 copy of a bf16 one on the CPU (half the bytes,
+    through the int8 kernel), else `lm_head` itself. Drafting streams it once per head level
+    (Hydra: four times a step), and drafts only change speed, never output. Measured on a
+    2-core Zen4, Hydra with tree8, 24 evaluation prompts x 96 tokens, interleaved: with the
+    draft vocabulary tokens/step 1.863 against 1.859 and tok/s 1.054x per prompt, over the whole
+    vocabulary 1.875 against 1.876 and 1.052x; the same tokens on every prompt."""
+    if (not heads.shared_lm_head or isinstance(lm_head, QuantizedWeight) or model.device.type != "cpu"
+            or model.dtype != torch.bfloat16 or lm_head.shape[1] % BLOCK):
+        return lm_head
+    return quantize(lm_head.float(), "q8_0")
 
 
 class SpeculativeDecoder:
@@ -73,6 +87,7 @@ class SpeculativeDecoder:
                                  f"vocabulary size {model.config.vocab_size}")
             self.draft_ids = torch.tensor(draft_vocab.ids, dtype=torch.long, device=model.device)
             self.draft_lm_head = model.lm_head.index_select(0, self.draft_ids).contiguous()
+        self.draft_lm_head = draft_head_for(model, heads, self.draft_lm_head)
         if policy is not None:
             if policy.hindsight and verify.mode != "greedy":
                 raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
