@@ -163,18 +163,22 @@ def test_typical_acceptance_runs_and_is_labeled(fp32_model):
 
 def test_bf16_drafts_project_onto_a_q8_0_copy_of_the_lm_head(default_model_dir, fp32_model):
     """Drafting in bf16 on the CPU reads a Q8_0 copy of the LM head (half the bytes); the
-    copy's logits follow the bf16 head's, and fp32 models draft on the head as it is."""
+    copy's logits follow the bf16 head's, fp32 models draft on the head as it is, and the
+    decoders of one model share one copy."""
     from entmtp.model.quant import QuantizedWeight
 
     bf16 = load_model(str(default_model_dir), torch.bfloat16)
+    first = {}
     for loaded, quantized in ((bf16, True), (fp32_model, False)):
         heads = _random_heads("hydra", loaded, 0)
         decoder = SpeculativeDecoder(loaded.model, heads, load_tree("tree8"))
         assert isinstance(decoder.draft_lm_head, QuantizedWeight) == quantized
+        first[quantized] = decoder.draft_lm_head
+    assert first[False] is fp32_model.model.lm_head
     x = torch.randn(4, bf16.config.hidden_size, generator=torch.Generator().manual_seed(0)).bfloat16()
     exact = (x.float() @ bf16.model.lm_head.float().t())
     drafted = SpeculativeDecoder(bf16.model, _random_heads("medusa", bf16, 1), load_tree("tree8")).draft_lm_head
-    assert drafted.qtype == "q8_0"
+    assert drafted.qtype == "q8_0" and drafted is first[True]
     got = drafted.linear(x).float()
     assert (got - exact).abs().max().item() < 0.05 * exact.abs().max().item()
     assert (got.argmax(-1) == exact.argmax(-1)).float().mean().item() >= 0.75

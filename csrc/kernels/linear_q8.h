@@ -158,7 +158,8 @@ void tile(const QuantLinearArgs& a, const LinearArgs& la, const char* xp, int64_
         const __m512i y = _mm512_permutex2var_epi32(part0, qs_idx, part1);
         const __m512i lo = _mm512_and_si512(y, low4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(y, 4), low4);
-        // [d0 m0 d1 m1 d2 m2 d3 m3] fp32, then each spread over its block's 4 lanes.
+        // dm = [d0 m0 d1 m1 d2 m2 d3 m3] fp32; dw spreads each d over its block's 4 lanes (the
+        // m term multiplies dm as it is).
         const __m512 dm = _mm512_zextps256_ps512(  // zero above lane 8: the m term reads every lane
             _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi32(part0, dm_idx, part1))));
         const __m512 dw = _mm512_permutexvar_ps(by4_even, dm);

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -42,17 +43,33 @@ from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
 DEFAULT_TOP_K = 10
 
 
-def draft_head_for(model: LlamaModel, heads, lm_head):
-    """The LM head drafting projects onto: a Q8_0 copy of a bf16 one on the CPU (half the bytes,
-    through the int8 kernel), else `lm_head` itself. Drafting streams it once per head level
-    (Hydra: four times a step), and drafts only change speed, never output. Measured on a
-    2-core Zen4, Hydra with tree8, 24 evaluation prompts x 96 tokens, interleaved: with the
-    draft vocabulary tokens/step 1.863 against 1.859 and tok/s 1.054x per prompt, over the whole
-    vocabulary 1.875 against 1.876 and 1.052x; the same tokens on every prompt."""
-    if (not heads.shared_lm_head or isinstance(lm_head, QuantizedWeight) or model.device.type != "cpu"
-            or model.dtype != torch.bfloat16 or lm_head.shape[1] % BLOCK):
-        return lm_head
-    return quantize(lm_head.float(), "q8_0")
+# model -> (its LM head, {draft ids (bytes, b"" for the whole vocabulary): the Q8_0 drafting
+# copy}), so the decoders of one model (a bank build makes one per candidate tree) quantize it
+# once. Keyed by the model, not the head: a tensor's == is elementwise, which weak keys compare.
+_Q8_DRAFT_HEADS: "weakref.WeakKeyDictionary[LlamaModel, tuple]" = weakref.WeakKeyDictionary()
+
+
+def draft_head_for(model: LlamaModel, heads, draft_ids: Optional[torch.Tensor]):
+    """The LM head drafting projects onto: the base head's rows `draft_ids` (all without a
+    draft vocabulary), as a Q8_0 copy where the base head is bf16 on the CPU (half the bytes,
+    through the int8 kernel). Drafting streams it once per head level (Hydra: four times a
+    step), and drafts only change speed, never output. Measured on a 2-core Zen4, Hydra with
+    tree8, 24 evaluation prompts x 96 tokens, interleaved: with the draft vocabulary
+    tokens/step 1.863 against 1.859 and tok/s 1.054x per prompt, over the whole vocabulary
+    1.875 against 1.876 and 1.052x; the same tokens on every prompt."""
+    base = model.lm_head
+    rows = base if draft_ids is None else base.index_select(0, draft_ids).contiguous()
+    if (not heads.shared_lm_head or isinstance(base, QuantizedWeight) or model.device.type != "cpu"
+            or model.dtype != torch.bfloat16 or base.shape[1] % BLOCK):
+        return rows
+    head, copies = _Q8_DRAFT_HEADS.get(model, (None, None))
+    if head is not base:  # first use, or the model's head was replaced since
+        copies = {}
+        _Q8_DRAFT_HEADS[model] = (base, copies)
+    key = b"" if draft_ids is None else draft_ids.cpu().numpy().tobytes()
+    if key not in copies:
+        copies[key] = quantize(rows.float(), "q8_0")
+    return copies[key]
 
 
 class SpeculativeDecoder:
@@ -86,8 +103,7 @@ class SpeculativeDecoder:
                 raise UsageError(f"the draft vocabulary must hold >= top_k={top_k} ids below the model's "
                                  f"vocabulary size {model.config.vocab_size}")
             self.draft_ids = torch.tensor(draft_vocab.ids, dtype=torch.long, device=model.device)
-            self.draft_lm_head = model.lm_head.index_select(0, self.draft_ids).contiguous()
-        self.draft_lm_head = draft_head_for(model, heads, self.draft_lm_head)
+        self.draft_lm_head = draft_head_for(model, heads, self.draft_ids)
         if policy is not None:
             if policy.hindsight and verify.mode != "greedy":
                 raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
