@@ -51,6 +51,8 @@ def assert_flash_rule(q, k, v, bits, scale, out, floor=1e-5):
 
 # (B, T, Hq, Hkv, L, D, tree): GQA ratios 1, 3, 4; D 64, 128 and a generic 8/80;
 # T = 1, L = 0, one-word (64) and two-word (128) trees; Lk large enough for key splits.
+# In bf16 on the AVX-512-BF16 and AMX paths, tiles of more than 4 rows with D a multiple
+# of 32 take the bf16 dot-product tiles (kernels/attention_bf16dp.h), the rest fp32 tiles.
 SHAPES = [
     (1, 1, 9, 3, 300, 64, "none"),      # decode, GQA 3
     (1, 1, 9, 3, 3000, 64, "none"),     # decode with key splits
@@ -62,6 +64,10 @@ SHAPES = [
     (1, 8, 6, 3, 2100, 128, "tree"),    # tiled path with key splits
     (1, 5, 2, 2, 33, 8, "tree"),        # generic small D
     (1, 3, 4, 2, 10, 80, "causal"),     # generic D, not a multiple of 32
+    # The default model's verify shapes (9 / 3 heads of 64): 6 and 27 rows a kv head,
+    # cut into tiles of 6 and 14 / 13 rows; 256 + T keys end on an odd key block.
+    (1, 2, 9, 3, 300, 64, "tree"),
+    (1, 9, 9, 3, 256, 64, "tree"),
 ]
 
 

@@ -34,6 +34,7 @@
 #include <type_traits>
 
 #include "kernels/attention_args.h"
+#include "kernels/attention_bf16dp.h"
 #include "kernels/attention_decode.h"
 #include "kernels/isa.h"
 #include "kernels/simd.h"
@@ -43,7 +44,6 @@ namespace kernels {
 inline namespace ENTMTP_ISA_NS {
 
 constexpr int64_t kMaxTileRows = 48;  // query rows (t, g) per tile; a multiple of 8
-constexpr int64_t kMinSplitKeys = 512;
 
 
 // AttnPlan (how the work is cut) is in isa.h: the launcher holds it.
@@ -51,20 +51,58 @@ constexpr int64_t kMinSplitKeys = 512;
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
+// Modelled cost of one work item of `rows` query rows against `keys` keys, in
+// row-key units: rows as its tile form pays for them (the fp32 tiles pad them to
+// 8 lanes; the bf16 dot-product tiles to 16 lanes at twice the products a lane),
+// plus a per-key share for the K/V blocks and the mask, times the keys plus a
+// per-block share. Only ratios between plans matter.
+inline int64_t attention_item_cost(int64_t rows, int64_t keys, bool dp) {
+  const int64_t paid = rows <= 4 ? rows : dp ? round_up(rows, 16) / 2 : round_up(rows, kLanes);
+  return (paid + 4) * (keys + kKeyBlock);
+}
+
+// The cut of the work into items (batch x kv head x row tile x key split) that
+// the threads finish soonest under attention_item_cost: the slowest thread runs
+// ceil(items / threads) items, since at::parallel_for hands each thread an equal
+// run of them. The shapes that matter most have few items (B * Hkv = 3 on the
+// default model), where one whole tile per kv head leaves a thread idle for a
+// third of the time on 2 threads. Measured on a 2-core Zen4 (bf16, 9 / 3 heads
+// of 64, 256 keys), a 2- and a 9-token tree took 23.2 / 58.7 us with one tile per
+// kv head and no key split, 16.2 / 49.3 us cut this way. Key splits pay a second
+// pass that merges them (kSplitMergeCost units).
+constexpr int64_t kSplitMergeCost = 1024;
+
 template <typename Elem>
 AttnPlan plan_attention(const AttnArgs<Elem>& a, int64_t threads) {
   AttnPlan p;
   p.G = a.Hq / a.Hkv;
   p.rows = a.T * p.G;
-  // Balanced tiles of at most kMaxTileRows rows.
-  const int64_t n_tiles = ceil_div(std::max<int64_t>(p.rows, 1), kMaxTileRows);
-  p.tile_rows = ceil_div(std::max<int64_t>(p.rows, 1), n_tiles);
-  p.tiles = n_tiles;
-  // Split the keys only when the (batch, head, tile) items cannot keep about
-  // 4 items per thread busy, and never below kMinSplitKeys keys per split.
-  const int64_t base = a.B * a.Hkv * p.tiles;
-  const int64_t want = ceil_div(4 * threads, std::max<int64_t>(base, 1));
-  p.splits = std::max<int64_t>(1, std::min(want, a.Lk / kMinSplitKeys));
+  const int64_t rows = std::max<int64_t>(p.rows, 1), B = std::max<int64_t>(a.B * a.Hkv, 1);
+  threads = std::max<int64_t>(threads, 1);
+  const int64_t min_tiles = ceil_div(rows, kMaxTileRows);
+  int64_t best = -1;
+  p.tiles = min_tiles;
+  p.tile_rows = ceil_div(rows, min_tiles);
+  p.splits = 1;
+  const bool dp = attn_detail::bf16dp_tile<Elem>(16, a.D);  // whether tiles past 8 rows take it
+  for (int64_t tiles = min_tiles; tiles <= std::min(rows, 2 * min_tiles + 2); ++tiles) {
+    const int64_t tile_rows = ceil_div(rows, tiles);
+    const int64_t n_tiles = ceil_div(rows, tile_rows);  // no empty tiles
+    // Never below two key blocks a split; at most enough splits to feed every thread twice over.
+    const int64_t max_splits = std::max<int64_t>(1, std::min(a.Lk / (2 * kKeyBlock),
+                                                             ceil_div(2 * threads, B * n_tiles)));
+    for (int64_t splits = 1; splits <= max_splits; ++splits) {
+      const int64_t waves = ceil_div(B * n_tiles * splits, threads);
+      const int64_t cost = waves * attention_item_cost(tile_rows, ceil_div(a.Lk, splits), dp)
+                           + (splits > 1 ? kSplitMergeCost : 0);
+      if (best < 0 || cost < best) {
+        best = cost;
+        p.tiles = n_tiles;
+        p.tile_rows = tile_rows;
+        p.splits = splits;
+      }
+    }
+  }
   return p;
 }
 
@@ -207,6 +245,29 @@ void decode_block(const AttnArgs<Elem>& a, const float* Q, const Elem* k, const 
   pv_dot<R>(v, a.v_sl, nk, S, alpha, a.D, O);
 }
 
+#if ENTMTP_ISA_LEVEL >= 3
+// One key block [kb, kb + nk) of a bf16 dot-product tile: S, then P into Pp and
+// Ot (O, [D][rpad]) updated. Pp: kKeyBlock / 2 * rpad pairs; Vp: kKeyBlock / 2 * D.
+inline void dp_block(const AttnArgs<bf16_t>& a, const uint32_t* Qp, const bf16_t* k, const bf16_t* v, int64_t kb,
+                     int64_t nk, int64_t r0, int64_t R, int64_t G, int64_t rpad, float* S, uint32_t* Pp,
+                     uint32_t* Vp, float* m, float* l, float* alpha, float* O) {
+  const int64_t D = a.D;
+  dp_product(reinterpret_cast<const uint16_t*>(k), a.k_sl, 2, nk, Qp, D / 2, rpad, nullptr,
+             [&](int64_t j) { return S + j * rpad; });
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t r = 0; r < rpad; r += kDpLanes)
+      _mm512_storeu_ps(S + j * rpad + r, _mm512_mul_ps(_mm512_loadu_ps(S + j * rpad + r), scale));
+  mask_new_keys(a, S, rpad, 1, kb, nk, r0, R, G);
+  softmax_block(S, nk, rpad, m, l, alpha);
+  dp_pack_p(S, nk, rpad, Pp);
+  dp_pack_v(v, a.v_sl, nk, D, Vp);
+  // Ot[d][r]: the a-th Vp slot is dim vp_dim(a); Vp pairs are D apart per key pair.
+  dp_product(reinterpret_cast<const uint16_t*>(Vp), 2, 2 * D, D, Pp, (nk + 1) / 2, rpad, alpha,
+             [&](int64_t s) { return O + vp_dim(s) * rpad; });
+}
+#endif
+
 }  // namespace attn_detail
 
 // Unnormalised result of one tile: row i, dim d of the output accumulators is
@@ -240,6 +301,32 @@ TileAcc attention_tile(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t b, in
   float* l = m + rmax;
   float* alpha = l + rmax;
 
+  // Keys this tile can see: the prefix plus new tokens up to its last query
+  // (tree ancestors always precede a node), cut to this item's split.
+  const int64_t t_last = (r1 - 1) / G;
+  const int64_t key_limit = L + t_last + 1;
+  const int64_t per_split = round_up(ceil_div(a.Lk, p.splits), 8);
+  const int64_t k_begin = split * per_split;
+  const int64_t k_end = std::min(key_limit, k_begin + per_split);
+  const Elem* kbase = a.k + b * a.k_sb + hkv * a.k_sh;
+  const Elem* vbase = a.v + b * a.v_sb + hkv * a.v_sh;
+
+#if ENTMTP_ISA_LEVEL >= 3
+  if constexpr (std::is_same<Elem, bf16_t>::value) {
+    if (bf16dp_tile<Elem>(R, D)) {  // attention_bf16dp.h: the same loop on bf16 pairs, 16 rows a vector
+      const int64_t rp16 = round_up(R, kDpLanes);
+      uint32_t* Qp = reinterpret_cast<uint32_t*>(Q);
+      dp_pack_q(a, b, hkv, G, r0, R, rp16, Qp);
+      std::fill(O, O + rp16 * D, 0.f);
+      std::fill(m, m + rp16, kNegInf);
+      std::fill(l, l + rp16, 0.f);
+      for (int64_t kb = k_begin; kb < k_end; kb += kKeyBlock)
+        dp_block(a, Qp, kbase + kb * a.k_sl, vbase + kb * a.v_sl, kb, std::min(kKeyBlock, k_end - kb), r0, R, G,
+                 rp16, S, reinterpret_cast<uint32_t*>(Kf), reinterpret_cast<uint32_t*>(Vf), m, l, alpha, O);
+      return TileAcc{O, 1, rp16, m, l};
+    }
+  }
+#endif
   // Q tile, pre-scaled: rows [R][D] for the dot path, transposed [D][rpad]
   // (zero padded) for the tiled path. O has the same layout.
   if (!dot_path) std::fill(Q, Q + D * rpad, 0.f);
@@ -255,16 +342,6 @@ TileAcc attention_tile(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t b, in
   std::fill(O, O + rpad * D, 0.f);
   std::fill(m, m + rpad, kNegInf);
   std::fill(l, l + rpad, 0.f);
-
-  // Keys this tile can see: the prefix plus new tokens up to its last query
-  // (tree ancestors always precede a node), cut to this item's split.
-  const int64_t t_last = (r1 - 1) / G;
-  const int64_t key_limit = L + t_last + 1;
-  const int64_t per_split = round_up(ceil_div(a.Lk, p.splits), kKeyBlock);
-  const int64_t k_begin = split * per_split;
-  const int64_t k_end = std::min(key_limit, k_begin + per_split);
-  const Elem* kbase = a.k + b * a.k_sb + hkv * a.k_sh;
-  const Elem* vbase = a.v + b * a.v_sb + hkv * a.v_sh;
 
   for (int64_t kb = k_begin; kb < k_end; kb += kKeyBlock) {
     const int64_t nk = std::min(kKeyBlock, k_end - kb);

@@ -292,7 +292,8 @@ def train_heads(loaded: LoadedModel, cfg: TrainConfig, out_dir: Path, console: C
     seconds = trained_seconds  # what the heads' metadata reports: the last checkpoint's
 
     def seconds_so_far():
-        return None if trained_seconds is None else round(trained_seconds + time.perf_counter() - started, 1)
+        # Milliseconds: a toy run's steps take less than the 0.05 s a 0.1 s rounding would zero.
+        return None if trained_seconds is None else round(trained_seconds + time.perf_counter() - started, 3)
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"training {cfg.kind} heads", total=cfg.steps, completed=step)
