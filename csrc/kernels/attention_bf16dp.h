@@ -102,37 +102,28 @@ __attribute__((always_inline)) inline void dp_microtile(const uint16_t* A, int64
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c[a] + r0 + v * kDpLanes, acc[a][v]);
 }
 
-// All na values of a, all rpad (a multiple of 16) rows: 8 a's a pass over 16 rows,
-// 4 over 32 or 48; c_of(a) gives C's row for a.
+// All na values of a for the NV * 16 rows from r: NA a's a microtile, then one at a time.
+template <int NA, int NV, typename RowOf>
+void dp_rows(const uint16_t* A, int64_t sa, int64_t sx, int64_t na, const uint32_t* B, int64_t nx, int64_t rpad,
+             int64_t r, const float* scale, RowOf& c_of) {
+  float* c[NA];
+  int64_t a = 0;
+  for (; a + NA <= na; a += NA) {
+    for (int i = 0; i < NA; ++i) c[i] = c_of(a + i);
+    dp_microtile<NA, NV>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
+  }
+  for (; a < na; ++a) c[0] = c_of(a), dp_microtile<1, NV>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
+}
+
+// All na values of a, all rpad (a multiple of 16) rows: 4 a's a pass over 48 or 32
+// rows, 8 over 16; c_of(a) gives C's row for a.
 template <typename RowOf>
 void dp_product(const uint16_t* A, int64_t sa, int64_t sx, int64_t na, const uint32_t* B, int64_t nx, int64_t rpad,
                 const float* scale, RowOf&& c_of) {
-  float* c[8];
   int64_t r = 0;
-  for (; r + 48 <= rpad; r += 48) {
-    int64_t a = 0;
-    for (; a + 4 <= na; a += 4) {
-      for (int i = 0; i < 4; ++i) c[i] = c_of(a + i);
-      dp_microtile<4, 3>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-    }
-    for (; a < na; ++a) c[0] = c_of(a), dp_microtile<1, 3>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-  }
-  for (; r + 32 <= rpad; r += 32) {
-    int64_t a = 0;
-    for (; a + 4 <= na; a += 4) {
-      for (int i = 0; i < 4; ++i) c[i] = c_of(a + i);
-      dp_microtile<4, 2>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-    }
-    for (; a < na; ++a) c[0] = c_of(a), dp_microtile<1, 2>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-  }
-  for (; r < rpad; r += 16) {
-    int64_t a = 0;
-    for (; a + 8 <= na; a += 8) {
-      for (int i = 0; i < 8; ++i) c[i] = c_of(a + i);
-      dp_microtile<8, 1>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-    }
-    for (; a < na; ++a) c[0] = c_of(a), dp_microtile<1, 1>(A + a * sa, sa, sx, B, rpad, nx, r, scale, c);
-  }
+  for (; r + 48 <= rpad; r += 48) dp_rows<4, 3>(A, sa, sx, na, B, nx, rpad, r, scale, c_of);
+  for (; r + 32 <= rpad; r += 32) dp_rows<4, 2>(A, sa, sx, na, B, nx, rpad, r, scale, c_of);
+  for (; r < rpad; r += 16) dp_rows<8, 1>(A, sa, sx, na, B, nx, rpad, r, scale, c_of);
 }
 
 // Qp [D/2][rpad] pairs of rows r0.. of (b, hkv), zero past R. Unscaled: the scale
