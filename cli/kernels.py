@@ -51,12 +51,13 @@ def kernels_tune(
     cache = check_output_file(linear.CHOICE._file(), "GEMM choice cache")
     loaded = load_model(model, torch.bfloat16)
     m = loaded.model
-    shapes = sorted({tuple(w.shape) for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)}
-                    | {tuple(m.lm_head.shape)})
+    layer_shapes = tuple(sorted({tuple(w.shape) for layer in m.layers
+                                 for w in (layer.qkv, layer.o, layer.gate_up, layer.down)}))
+    shapes = sorted(set(layer_shapes) | {tuple(m.lm_head.shape)})
     typer.echo(f"{machine.cpu_model()} ({machine.cpu_class()}, {torch.get_num_threads()} threads): "
-               f"timing {len(shapes)} shapes x {len(linear.BUCKETS)} row counts")
+               f"timing {len(shapes)} shapes and a layer's matrices together x {len(linear.BUCKETS)} row counts")
     try:
-        timings = linear.tune(shapes, repeats)
+        timings = linear.tune(shapes, repeats, groups=[layer_shapes])
     except KeyboardInterrupt:
         # linear.tune records each winner as it is measured.
         raise Interrupted(f"interrupted: the row counts timed so far are cached in {cache}; rerun to time "

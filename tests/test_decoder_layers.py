@@ -58,7 +58,7 @@ def test_default_model_fused_equals_python_loop(default_model, T, monkeypatch):
     monkeypatch.setenv("ENTMTP_ATTENTION", "ours")
     attend = StepAttention("ours", None, PROMPT, T, torch.device("cpu"), default_model.dtype)
     with torch.inference_mode():  # as in forward
-        assert default_model._fused_stack(T, attend) is not None  # the fused path really runs
+        assert default_model._fused_stack(T, attend, default_model._layer_gemm(T)) is not None  # fused really runs
     _assert_identical(_both_paths(default_model, T))
 
 
@@ -88,11 +88,38 @@ def test_other_backends_keep_the_python_loop(default_model, monkeypatch):
     sdpa = StepAttention(SDPA, None, PROMPT, 4, torch.device("cpu"), default_model.dtype)
     ours = StepAttention("ours", None, PROMPT, 4, torch.device("cpu"), default_model.dtype)
     with torch.inference_mode():
-        assert default_model._fused_stack(4, sdpa) is None
+        assert default_model._fused_stack(4, sdpa, default_model._layer_gemm(4)) is None
         if default_model.precision.weights is None:  # bf16 weights: the GEMM is a measured choice
             monkeypatch.setenv("ENTMTP_GEMM", "onednn")
-            assert default_model._fused_stack(4, ours) is None
-    assert default_model._fused_stack(4, ours) is None  # grad mode: training keeps torch's path
+            assert default_model._fused_stack(4, ours, default_model._layer_gemm(4)) is None
+    assert default_model._fused_stack(4, ours, None) is None  # grad mode: training keeps torch's path
+
+
+def test_a_layer_takes_one_gemm_backend_whatever_each_shape_measured(default_model, monkeypatch):
+    """The per-shape choices may split (oneDNN for gate_up, ours for the rest, as measured at
+    25 rows on a Zen4); a forward still runs one backend for all its layer matrices, the one
+    measured on their sum, so where that is ours the one-op layer loop runs."""
+    from entmtp.model import linear as gemm
+
+    if default_model.precision.weights is not None:
+        pytest.skip("GGUF blocks: the layer matrices take linear_quant, there is no GEMM choice")
+    monkeypatch.delenv("ENTMTP_GEMM", raising=False)
+    monkeypatch.setattr(gemm.CHOICE, "_plan", dict(gemm.CHOICE.plan()))  # restored after the test
+    monkeypatch.setattr(gemm, "_memo", {})
+    layer = default_model.layers[0]
+    shapes = tuple(sorted({tuple(w.shape) for w in (layer.qkv, layer.o, layer.gate_up, layer.down)}))
+    rows = 7
+    for n, k in shapes:
+        gemm.CHOICE._plan[f"{n}x{k}@{rows}"] = gemm.ONEDNN if (n, k) == tuple(layer.gate_up.shape) else gemm.OURS
+    group = "+".join(f"{n}x{k}" for n, k in shapes)
+    for backend in (gemm.OURS, gemm.ONEDNN):
+        gemm.CHOICE._plan[f"{group}@{rows}"] = backend
+        gemm._memo.clear()
+        assert default_model._layer_gemm(rows) == backend
+        attend = StepAttention("ours", None, PROMPT, rows, torch.device("cpu"), default_model.dtype)
+        with torch.inference_mode():
+            stack = default_model._fused_stack(rows, attend, default_model._layer_gemm(rows))
+        assert (stack is not None) == (backend == gemm.OURS)
 
 
 def test_bad_arguments_name_the_problem():

@@ -54,7 +54,8 @@ class KVCache:
             config.head_dim, dtype=dtype, device=device)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           backend: Optional[str] = None) -> torch.Tensor:
     """x [M, K] @ weight[N, K].T (+ bias) -> [M, N].
 
     fp32 with few rows goes through (W @ x.T).T: MKL's fp32 GEMV and small-M GEMM
@@ -63,8 +64,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     M = 1 is padded to 2 rows for the same reason, as a contiguous copy: a
     stride-0 expand made the product 2.7x slower on a 2-core Zen4 (30 layers'
     projections: 73-81 ms expanded, 27-28 ms copied, 38-47 ms for F.linear).
-    bf16 weights on the CPU take the
-    backend measured fastest for the shape (entmtp.model.linear). Quantized weights take
+    bf16 weights on the CPU take `backend` (a decoder layer's one choice for its row
+    count) or else the backend measured fastest for the shape (entmtp.model.linear). Quantized weights take
     linear_quant (csrc/kernels/linear_quant.h).
     """
     if isinstance(weight, QuantizedWeight):
@@ -74,7 +75,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         # Our kernel (csrc/kernels/linear_bf16w.h, per ISA) or torch's oneDNN, whichever
         # measured faster on this machine for this shape and row count (entmtp.model.linear).
         # Ours has no backward, so training keeps torch's path.
-        return bf16_linear(x, weight, bias)
+        return bf16_linear(x, weight, bias, backend)
     if x.dtype == torch.float32 and x.shape[0] <= 32:
         rows = x.shape[0]
         if rows == 1:
@@ -129,6 +130,7 @@ class LlamaModel:
         # call the same ops as the Python loop; False keeps the Python loop (tests compare).
         self.fused_layers = True
         self._stack: Optional[tuple] = None  # _build_stack, at first use
+        self._bf16_shapes: Optional[tuple] = None  # the bf16 layer matrices' shapes (_layer_gemm)
         self._ensure_rope(min(config.max_position_embeddings, 4096))
 
     # -- RoPE -----------------------------------------------------------------
@@ -203,7 +205,8 @@ class LlamaModel:
         attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
                                            self.device)  # the backend and mask every layer shares
         x = inputs.to(self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
-        stack = self._fused_stack(rows, attend)
+        backend = self._layer_gemm(rows)  # one GEMM backend for every layer matrix, or None
+        stack = self._fused_stack(rows, attend, backend)
         if stack is not None:
             h = torch.ops.entmtp.decoder_layers(x, stack[0], stack[1], cos, sin, cache.kv, cache_len, batch,
                                                 tree_bits, n_q, n_kv, eps, scale, self.final_norm)
@@ -211,14 +214,14 @@ class LlamaModel:
         h = fused.rms_norm(x, self.layers[0].input_norm, eps)
         kv = cache.kv
         for index, layer in enumerate(self.layers):
-            qkv = linear(h, layer.qkv, layer.qkv_bias)                    # [B T, (Hq + 2 Hkv) D]
+            qkv = linear(h, layer.qkv, layer.qkv_bias, backend)         # [B T, (Hq + 2 Hkv) D]
             # RoPE on q and k; k and v land in cache slots [cache_len, end).
             q = fused.rotary_qkv(qkv, cos, sin, n_q, n_kv, kv[index, 0], kv[index, 1], cache_len)
             attn = attend(q.view(batch, n_new, n_q, head_dim), kv[index, 0, :, :, :end],
                           kv[index, 1, :, :, :end], scale)  # [B, T, Hq, D]
-            h, x = fused.add_rms_norm(linear(attn.view(rows, n_q * head_dim), layer.o), x,
+            h, x = fused.add_rms_norm(linear(attn.view(rows, n_q * head_dim), layer.o, None, backend), x,
                                       layer.post_norm, eps)
-            mlp = linear(fused.silu_mul(linear(h, layer.gate_up)), layer.down)
+            mlp = linear(fused.silu_mul(linear(h, layer.gate_up, None, backend)), layer.down, None, backend)
             # The next layer's input norm (or the final norm) fused with this residual add.
             next_norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.final_norm
             h, x = fused.add_rms_norm(mlp, x, next_norm, eps)
@@ -226,38 +229,45 @@ class LlamaModel:
 
     __call__ = forward
 
-    def _fused_stack(self, rows: int, attend: StepAttention) -> Optional[tuple[list[torch.Tensor], list[int]]]:
+    def _layer_gemm(self, rows: int) -> Optional[str]:
+        """The GEMM backend all bf16 layer matrices take for a forward of `rows` bf16 rows on
+        the CPU (entmtp.model.linear.choose_group); None where there is no choice."""
+        if self.dtype != torch.bfloat16 or self.device.type != "cpu":
+            return None
+        if self._bf16_shapes is None:
+            self._bf16_shapes = tuple(sorted({tuple(m.shape) for layer in self.layers
+                                              for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                                              if not isinstance(m, QuantizedWeight) and m.dtype == torch.bfloat16}))
+        return gemm.choose_group(rows, self._bf16_shapes) if self._bf16_shapes else None
+
+    def _fused_stack(self, rows: int, attend: StepAttention,
+                     backend: Optional[str]) -> Optional[tuple[list[torch.Tensor], list[int]]]:
         """(weights, qtypes) for ops.decoder_layers when this forward of `rows` rows would run
         exactly its ops from Python: CPU, our attention, and every matrix through our GEMMs
-        (quantized blocks, or bf16 weights where the measured plan picks ours); else None."""
+        (quantized blocks, or bf16 weights where `backend` is ours); else None."""
         if not self.fused_layers or self.device.type != "cpu" or attend.backend != OURS or torch.is_grad_enabled():
             return None
         if self._stack is None:
             self._stack = self._build_stack()
-        weights, qtypes, float_shapes = self._stack
-        if weights is None:
-            return None
-        # bf16 x: the GEMM backend is a measured choice per shape and row count.
-        if self.dtype == torch.bfloat16 and any(gemm.choose(rows, n, k) != gemm.OURS for n, k in float_shapes):
+        weights, qtypes = self._stack
+        if weights is None or backend not in (None, gemm.OURS):
             return None
         return weights, qtypes
 
     def _build_stack(self) -> tuple:
-        """The decoder_layers arguments, built once: (weights, qtypes, the float matrices'
-        distinct shapes), or (None, None, None) where fp32 matrices take torch's GEMMs."""
+        """The decoder_layers arguments, built once: (weights, qtypes), or (None, None) where
+        fp32 matrices take torch's GEMMs."""
         weights: list[torch.Tensor] = []
         qtypes: list[int] = []
-        float_shapes: set[tuple[int, int]] = set()
         empty = torch.empty(0, dtype=self.dtype)
         for layer in self.layers:
             mats = (layer.qkv, layer.o, layer.gate_up, layer.down)
             for m in mats:
                 if not isinstance(m, QuantizedWeight):
                     if m.dtype != torch.bfloat16:
-                        return None, None, None
-                    float_shapes.add(tuple(m.shape))
+                        return None, None
             data = [m.data if isinstance(m, QuantizedWeight) else m for m in mats]
             weights += [layer.input_norm, data[0], layer.qkv_bias if layer.qkv_bias is not None else empty,
                         data[1], layer.post_norm, data[2], data[3]]
             qtypes += [QTYPES[m.qtype][0] if isinstance(m, QuantizedWeight) else -1 for m in mats]
-        return weights, qtypes, sorted(float_shapes)
+        return weights, qtypes
