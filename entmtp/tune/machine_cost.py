@@ -42,9 +42,11 @@ COST_FORMAT = "entmtp-cost-curve/1"
 CACHE_FORMAT = "entmtp-cost-cache/1"
 ENV_FILE = "ENTMTP_COST_CURVE"
 # The timed rounds get this long; with the warm-up round and the prefill the whole
-# measurement stays under about a minute on the machines we know.
+# measurement stays under about a minute on the machines we know. 21 rounds, not 9: on a
+# 2-core Zen4 (avx512bf16) 9 rounds took 10 s and left medians out of order by up to 7%
+# (2 nodes 8.1 ms, 3 nodes 7.6), which is the size of the choices the bank makes on them.
 MEASURE_BUDGET_S = 40.0
-MEASURE_REPEATS = 9
+MEASURE_REPEATS = 21
 
 
 def cost_key(loaded: LoadedModel, heads, draft_vocab_size: Optional[int]) -> dict:
