@@ -182,3 +182,36 @@ def test_bf16_drafts_project_onto_a_q8_0_copy_of_the_lm_head(default_model_dir, 
     got = drafted.linear(x).float()
     assert (got - exact).abs().max().item() < 0.05 * exact.abs().max().item()
     assert (got.argmax(-1) == exact.argmax(-1)).float().mean().item() >= 0.75
+
+
+def test_bf16_hydra_drafts_run_each_first_block_as_one_q8_0_gemm(default_model_dir, fp32_model):
+    """In bf16 on the CPU a Hydra head's first block (R_i over A_i) drafts as one Q8_0 matrix
+    [2H, H(i+2)] (entmtp.decode.drafting.draft_blocks_for): its logits follow the bf16
+    head's, the decoders of one heads object share the copies, changed weights are quantized
+    again, and fp32 models draft on the module's own weights."""
+    from entmtp.model.quant import QuantizedWeight
+
+    bf16 = load_model(str(default_model_dir), torch.bfloat16)
+    heads = _random_heads("hydra", bf16, 0)
+    decoder = SpeculativeDecoder(bf16.model, heads, load_tree("tree8"))
+    blocks = decoder.draft_blocks
+    H = bf16.config.hidden_size
+    assert [tuple(b.shape) for b in blocks] == [(2 * H, H * (i + 2)) for i in range(heads.n_heads)]
+    assert all(isinstance(b, QuantizedWeight) and b.qtype == "q8_0" for b in blocks)
+    assert SpeculativeDecoder(bf16.model, heads, load_tree("chain2")).draft_blocks is blocks
+    assert SpeculativeDecoder(fp32_model.model, _random_heads("hydra", fp32_model, 0),
+                              load_tree("tree8")).draft_blocks is None
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(H, generator=g).bfloat16()
+    paths = torch.randint(0, bf16.config.vocab_size, (3, 3), generator=g)
+    embeds = bf16.model.embed[paths].bfloat16()
+    with torch.inference_mode():
+        plain = heads.forward_paths(hidden, embeds, 2, bf16.model.lm_head).float()
+        stacked = heads.forward_paths(hidden, embeds, 2, bf16.model.lm_head, heads.first_block(2)).float()
+        drafted = heads.forward_paths(hidden, embeds, 2, bf16.model.lm_head, blocks[2]).float()
+    assert torch.allclose(stacked, plain, atol=0.02 * plain.abs().max().item())
+    assert (drafted - plain).abs().max().item() < 0.05 * plain.abs().max().item()
+    assert (drafted.argmax(-1) == plain.argmax(-1)).float().mean().item() >= 2 / 3
+    with torch.no_grad():
+        heads.res_weight[0].mul_(0.5)
+    assert SpeculativeDecoder(bf16.model, heads, load_tree("tree8")).draft_blocks is not blocks

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import weakref
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -27,13 +26,13 @@ import torch
 from entmtp import ops
 from entmtp.decode.accept import StepOutcome, VerifyConfig, accept_by_rejection, read_beside
 from entmtp.decode.autoregressive import check_prompt_fits, pick_token
+from entmtp.decode.drafting import draft_blocks_for, draft_head_for
 from entmtp.decode.types import GenerationResult, SamplingConfig, StepRecord, TokenCallback
 from entmtp.errors import UsageError
 from entmtp.heads.modules import HydraHeads, MedusaHeads
 from entmtp.heads.prefix import HydraPrefixHeads, PrefixRunner
 from entmtp.heads.shortlist import DraftVocab
 from entmtp.model.llama import KVCache, LlamaModel
-from entmtp.model.quant import BLOCK, QuantizedWeight, quantize
 from entmtp.schedule.policies import DRAFT, TreePolicy
 from entmtp.schedule.signals import DEFAULT_WINDOW, Signals, SignalTracker
 from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
@@ -41,35 +40,6 @@ from entmtp.trees.tree import Tree, TreeBuffers, medusa_candidates
 # Guesses per head: the widest a tree can branch below a node. Upstream Medusa's and
 # Hydra's default, and what the shipped trees and banks were built with.
 DEFAULT_TOP_K = 10
-
-
-# model -> (its LM head, {draft ids (bytes, b"" for the whole vocabulary): the Q8_0 drafting
-# copy}), so the decoders of one model (a bank build makes one per candidate tree) quantize it
-# once. Keyed by the model, not the head: a tensor's == is elementwise, which weak keys compare.
-_Q8_DRAFT_HEADS: "weakref.WeakKeyDictionary[LlamaModel, tuple]" = weakref.WeakKeyDictionary()
-
-
-def draft_head_for(model: LlamaModel, heads, draft_ids: Optional[torch.Tensor]):
-    """The LM head drafting projects onto: the base head's rows `draft_ids` (all without a
-    draft vocabulary), as a Q8_0 copy where the base head is bf16 on the CPU (half the bytes,
-    through the int8 kernel). Drafting streams it once per head level (Hydra: four times a
-    step), and drafts only change speed, never output. Measured on a 2-core Zen4, Hydra with
-    tree8, 24 evaluation prompts x 96 tokens, interleaved: with the draft vocabulary
-    tokens/step 1.863 against 1.859 and tok/s 1.054x per prompt, over the whole vocabulary
-    1.875 against 1.876 and 1.052x; the same tokens on every prompt."""
-    base = model.lm_head
-    rows = base if draft_ids is None else base.index_select(0, draft_ids).contiguous()
-    if (not heads.shared_lm_head or isinstance(base, QuantizedWeight) or model.device.type != "cpu"
-            or model.dtype != torch.bfloat16 or base.shape[1] % BLOCK):
-        return rows
-    head, copies = _Q8_DRAFT_HEADS.get(model, (None, None))
-    if head is not base:  # first use, or the model's head was replaced since
-        copies = {}
-        _Q8_DRAFT_HEADS[model] = (base, copies)
-    key = b"" if draft_ids is None else draft_ids.cpu().numpy().tobytes()
-    if key not in copies:
-        copies[key] = quantize(rows.float(), "q8_0")
-    return copies[key]
 
 
 class SpeculativeDecoder:
@@ -104,6 +74,7 @@ class SpeculativeDecoder:
                                  f"vocabulary size {model.config.vocab_size}")
             self.draft_ids = torch.tensor(draft_vocab.ids, dtype=torch.long, device=model.device)
         self.draft_lm_head = draft_head_for(model, heads, self.draft_ids)
+        self.draft_blocks = draft_blocks_for(model, self.heads)  # Hydra: Q8_0 first blocks, or None
         if policy is not None:
             if policy.hindsight and verify.mode != "greedy":
                 raise UsageError(f"the {policy.name} policy is defined for greedy decoding only")
@@ -150,7 +121,7 @@ class SpeculativeDecoder:
             ids, probs = self.heads.propose(head_input, self.draft_lm_head, self.top_k)
         else:
             ids, probs = self.heads.propose_level(head_input, root.reshape(1, 1).to(torch.long), model.embed,
-                                                  self.draft_lm_head, self.top_k)
+                                                  self.draft_lm_head, self.top_k, self.draft_blocks)
         return self._token_ids(ids), probs
 
     def _token_ids(self, rows: torch.Tensor) -> torch.Tensor:
@@ -188,7 +159,8 @@ class SpeculativeDecoder:
             else:
                 path_ids = tokens[buffers.path_nodes[parents, :depth]]     # [E, depth]
                 child_rows, child_probs = self.heads.propose_level(head_input, path_ids, model.embed,
-                                                                   self.draft_lm_head, self.top_k)  # [E, top_k]
+                                                                   self.draft_lm_head, self.top_k,
+                                                                   self.draft_blocks)  # [E, top_k]
                 child_ids = self._token_ids(child_rows)
             if depth <= chain:  # the all-0 chain's node is the first of its depth: slot 0
                 chain_top1.append(child_probs[0, 0])

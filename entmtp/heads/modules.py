@@ -227,8 +227,14 @@ class HydraHeads(_DraftHeads):
         if self.lm_head_bias is not None:
             _init_bias_(self.lm_head_bias, H)
 
+    def first_block(self, i: int) -> torch.Tensor:
+        """Head i's two first-block matrices stacked, R_i over A_i: [2H, H*(i+2)], what
+        forward_paths' `first_block` takes (both read the same z, so one GEMM serves both)."""
+        return torch.cat([self.res_weight[i], self.cond_weight[i]], dim=0)
+
     def forward_paths(self, hidden: torch.Tensor, path_embeds: torch.Tensor, head_index: int,
-                      base_lm_head: Optional[torch.Tensor]) -> torch.Tensor:
+                      base_lm_head: Optional[torch.Tensor],
+                      first_block: Optional[torch.Tensor | QuantizedWeight] = None) -> torch.Tensor:
         """Head `head_index` on P paths -> logits [P, V] in hidden's dtype.
 
         hidden: [P, H], or [H] / [1, H] shared by all paths: the base hidden state
@@ -238,6 +244,8 @@ class HydraHeads(_DraftHeads):
           token), [:, j] = the drafted token x_{t+1+j}. The head predicts x_{t+2+head_index}.
         The head input is concat(hidden, path_embeds[:, 0], ..., path_embeds[:, d-1])
         (width H*(d+1)), Hydra's order.
+        first_block: `self.first_block(head_index)` or a copy of it (drafting passes a Q8_0
+          one, entmtp.decode.speculative.draft_blocks_for); None runs R_i and A_i as they are.
         """
         if not 0 <= head_index < self.n_heads:
             raise ValueError(f"head_index must be in [0, {self.n_heads}), got {head_index}")
@@ -253,8 +261,13 @@ class HydraHeads(_DraftHeads):
         z = torch.cat([hidden.reshape(-1, H).expand(P, H),
                        path_embeds.to(hidden.dtype).reshape(P, d * H)], dim=-1)  # [P, H(d+1)]
         i = head_index
-        y = (linear(z, _as(self.res_weight[i], hidden), _as(self.res_bias[i], hidden))
-             + F.silu(linear(z, _as(self.cond_weight[i], hidden), _as(self.cond_bias[i], hidden))))
+        if first_block is None:
+            y = (linear(z, _as(self.res_weight[i], hidden), _as(self.res_bias[i], hidden))
+                 + F.silu(linear(z, _as(self.cond_weight[i], hidden), _as(self.cond_bias[i], hidden))))
+        else:
+            both = linear(z, _as(first_block, hidden))                              # [P, 2H]: R z, A z
+            y = (both[:, :H] + _as(self.res_bias[i], hidden)
+                 + F.silu(both[:, H:] + _as(self.cond_bias[i], hidden)))
         w, b = _as(self.block_weight[i], hidden), _as(self.block_bias[i], hidden)
         for layer in range(self.n_layers - 1):
             y = y + F.silu(linear(y, w[layer], b[layer]))  # [P, H]
@@ -266,18 +279,20 @@ class HydraHeads(_DraftHeads):
 
     def propose_level(self, hidden_last: torch.Tensor, path_token_ids: torch.Tensor,
                       embed_weight: torch.Tensor, base_lm_head: Optional[torch.Tensor],
-                      top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      top_k: int, first_blocks: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One level of a grounded tree proposal.
 
         hidden_last [H] or [1, H]; path_token_ids int64 [P, d]: the P frontier paths,
-        each root first (so head d-1 runs); embed_weight [V, H]: base embed_tokens.
+        each root first (so head d-1 runs); embed_weight [V, H]: base embed_tokens;
+        first_blocks: per head, forward_paths' `first_block` (None: the module's own).
         Returns (ids int64 [P, top_k], probs fp32 [P, top_k]): each path's children.
         """
         if path_token_ids.dim() != 2:
             raise ValueError(f"path_token_ids must be [P, d], got {tuple(path_token_ids.shape)}")
         embeds = embedding(path_token_ids, embed_weight, hidden_last.dtype)  # [P, d, H]
-        logits = self.forward_paths(self._one_row(hidden_last), embeds,
-                                    path_token_ids.shape[1] - 1, base_lm_head)
+        head = path_token_ids.shape[1] - 1
+        logits = self.forward_paths(self._one_row(hidden_last), embeds, head, base_lm_head,
+                                    None if first_blocks is None else first_blocks[head])
         return _topk_probs(logits, top_k)
 
 
