@@ -103,6 +103,8 @@ def _curve_here(source: dict, cost_curve: Path | None, model: str | None, heads:
 def trees_candidates(
     name: str = typer.Argument(..., help="A shipped bank (source) name or a source JSON path."),
     top: int = typer.Option(6, "--top", help="How many candidates, best modeled tok/s first."),
+    min_nodes: int = typer.Option(0, "--min-nodes", help="Only candidates of at least this many nodes (say, the "
+                                  "best trees that really speculate, beside the best of all)."),
     out: Path | None = typer.Option(None, "--out", help="Write each as a tree file NAME.json in this folder "
                                     "(for medusa@FILE / hydra@FILE in bench)."),
     cost_curve: Path | None = typer.Option(None, "--cost-curve", help="Model the step cost on this file "
@@ -123,6 +125,8 @@ def trees_candidates(
 
     if top < 1:
         raise UsageError(f"--top must be >= 1, got {top}")
+    if min_nodes < 0:
+        raise UsageError(f"--min-nodes must be >= 0, got {min_nodes}")
     if out is not None:
         out = check_output_folder(out, "--out")
     source, where = read_any_bank(name)
@@ -134,9 +138,15 @@ def trees_candidates(
     candidates = candidates_from({"steps": source["steps"], "superset": source["superset"], "cost_curve": fitted},
                                  source["max_nodes"], fitted, extras)
     corrected = corrections_from(source["rollouts"])
+    everything = len(candidates)
+    candidates = [c for c in candidates if c.nodes >= min_nodes]
+    if not candidates:
+        raise UsageError(f"no candidate of {source['name']} has {min_nodes} or more nodes "
+                         f"(its largest: {source['max_nodes']})")
     rate = {id(c): 1000.0 * (1.0 + (corrected(c) if c.nodes else 0.0)) / c.step_ms for c in candidates}
     best = sorted(candidates, key=lambda c: -rate[id(c)])[:top]
-    typer.echo(f"{len(candidates)} candidates of {source['name']} on the cost curve of {described['origin']}:")
+    kept = f", {len(candidates)} of them with {min_nodes}+ nodes" if min_nodes else ""
+    typer.echo(f"{everything} candidates of {source['name']}{kept} on the cost curve of {described['origin']}:")
     for c in best:
         typer.echo(f"  {c.name}\t{c.nodes} nodes\tdepth {c.depth}\taccepted {corrected(c) if c.nodes else 0:.3f}"
                    f"\t{c.step_ms:.1f} ms\t{rate[id(c)]:.1f} tok/s (model)")

@@ -195,6 +195,17 @@ def test_trees_candidates_writes_the_best_static_trees(capsys, tmp_path):
     code, _, err = _run(capsys, "trees", "candidates", "smollm2-135m-instruct-medusa-gsm8k", "--top", "0")
     assert code == 2
     _one_error_line(err, "--top must be >= 1")
+    # --min-nodes: the best trees that really speculate (the bench goal of 8+ node trees).
+    code, stdout, err = _run(capsys, "trees", "candidates", "smollm2-135m-instruct-medusa-gsm8k", "--top", "4",
+                             "--min-nodes", "8", "--cost-curve", str(steep))
+    assert code == 0, err
+    nodes = [int(line.split("\t")[1].split()[0]) for line in stdout.splitlines() if line.startswith("  ")]
+    assert len(nodes) == 4 and min(nodes) >= 8 and "with 8+ nodes" in stdout
+    for bad, message in (("-1", "--min-nodes must be >= 0"), ("100000", "no candidate of")):
+        code, _, err = _run(capsys, "trees", "candidates", "smollm2-135m-instruct-medusa-gsm8k", "--min-nodes", bad,
+                            "--cost-curve", str(steep))
+        assert code == 2
+        _one_error_line(err, message)
 
 
 def test_cost_curve_bad_input(capsys, tmp_path, default_model_dir):
