@@ -28,13 +28,15 @@ def cost_measure(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     out: Path | None = typer.Option(None, "--out", help="Also write the curve to this file (for --cost-curve "
                                     "elsewhere)."),
+    draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="Time drafting over this shortlist of "
+                                           "the vocabulary: heads, N or off (default); a curve of its own."),
     budget: float = typer.Option(40.0, "--budget", help="Seconds for the timed rounds (fewer rounds, at least 3, "
                                  "when they would take longer)."),
 ) -> None:
     """Measure this machine's step cost now (under a minute) and cache it; every bank source
     used with this model, heads and dtype is then derived on it. The trees timed are grown
     from the bank's acceptance; what they cost depends on their size and depth only."""
-    from entmtp.heads.shipped import load_model_heads
+    from entmtp.heads.shipped import draft_vocab_size, load_draft_vocab, load_model_heads
     from entmtp.jsonfile import write_json
     from entmtp.model.loader import load_model, parse_dtype, resolve_device
     from entmtp.outputs import check_output_file
@@ -48,6 +50,7 @@ def cost_measure(
     if bank is not None and (head_kind is not None or task is not None):
         raise UsageError(f"{'--head-kind' if head_kind is not None else '--task'} picks a shipped bank source; "
                          "with --bank the bank says which heads and task")
+    draft_vocab_size(draft_vocab)  # a bad value is a usage error before anything loads
     task = DEFAULT_TASK if task is None else task
     kind = (head_kind or HeadKind.hydra).value
     if task not in TASKS:
@@ -65,9 +68,11 @@ def cost_measure(
         if not is_source(document):
             raise EntmtpError(f"{where} is a built bank, not a source: pass a bank source with --bank")
     loaded_heads = load_model_heads(loaded, document["provenance"]["heads"]["kind"], heads)
-    typer.echo(f"measuring the step cost of {loaded_heads.kind} heads in {dtype} on this machine ...", err=True)
+    vocab = load_draft_vocab(loaded, loaded_heads.kind, heads, draft_vocab)
+    over = "" if vocab is None else f", drafting over {len(vocab.ids)} tokens"
+    typer.echo(f"measuring the step cost of {loaded_heads.kind} heads in {dtype}{over} on this machine ...", err=True)
     curve = measure_curve(loaded, loaded_heads, document, top_k=document["provenance"]["heads"].get("top_k", 10),
-                          budget_s=budget)
+                          draft_vocab=vocab, budget_s=budget)
     cached = store_curve(curve, torch_device)
     if out is not None:
         write_json(out, curve, indent=1)

@@ -45,7 +45,7 @@ def run(
     heads: str | None = typer.Option(None, "--heads", help="medusa/hydra/hydrapp/entmtp: heads file "
                                      "or folder (default: "
                                      "the ones shipped for the model)."),
-    draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="medusa/hydra: draft over a "
+    draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="medusa/hydra/hydrapp/entmtp: draft over a "
                                            "shortlist of the vocabulary: heads (the one stored with the heads), "
                                            "N (its N most frequent tokens) or off (default). Exact: only drafts "
                                            "change."),
@@ -123,7 +123,7 @@ def run(
 _GOES_WITH = {
     "--heads": "--method medusa, hydra, hydrapp or entmtp",
     "--tree": "--method medusa, hydra or hydrapp, or entmtp --scheduler static (a bank tree's name)",
-    "--draft-vocab": "--method medusa, hydra or hydrapp (banks are calibrated without one)",
+    "--draft-vocab": "--method medusa, hydra, hydrapp or entmtp",
     "--typical": "--method medusa, hydra, hydrapp or entmtp (and --temperature > 0)",
     **{flag: "--method entmtp" for flag in ("--bank", "--scheduler", "--signal", "--task", "--head-kind",
                                             "--cost-curve")},
@@ -151,7 +151,7 @@ def _check_flags(*, method, bank, scheduler, signal, task, head_kind, cost_curve
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
     ignored = {"ar": ["--heads", "--tree", "--draft-vocab", "--typical"], "medusa": [], "hydra": [], "hydrapp": [],
-               "entmtp": ["--draft-vocab"]}[method]
+               "entmtp": []}[method]
     if method != "entmtp":
         ignored += ["--bank", "--scheduler", "--signal", "--task", "--head-kind", "--cost-curve"]
     elif scheduler != Scheduler.static:

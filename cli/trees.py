@@ -68,15 +68,19 @@ def _derive_here(source: dict, where: str, cost_curve: Path | None, model: str |
 
 
 def _curve_here(source: dict, cost_curve: Path | None, model: str | None, heads: str | None,
-                dtype: str | None) -> tuple[list, dict]:
+                dtype: str | None, draft_vocab: str | None = None) -> tuple[list, dict]:
     """(curve, what it is): --cost-curve's, else $ENTMTP_COST_CURVE's when --model,
-    --heads and --dtype are not given, else this machine's for them (the model and heads
-    load to look it up, and to measure it when not cached)."""
+    --heads, --dtype and --draft-vocab are not given, else this machine's for them (the
+    model and heads load to look it up, and to measure it when not cached)."""
     import os
 
+    from entmtp.heads.shipped import draft_vocab_size
     from entmtp.tune.machine_cost import ENV_FILE, curve_for_bank, describe_curve, differences, read_cost_file
 
-    setup = [option for option, value in (("--model", model), ("--heads", heads), ("--dtype", dtype)) if value]
+    draft_vocab_size(draft_vocab)  # a bad value is a usage error before anything loads
+    draft_vocab = None if draft_vocab == "off" else draft_vocab
+    setup = [option for option, value in (("--model", model), ("--heads", heads), ("--dtype", dtype),
+                                          ("--draft-vocab", draft_vocab)) if value]
     if cost_curve is not None and setup:
         raise UsageError(f"{', '.join(setup)} {'does' if len(setup) == 1 else 'do'} not go with --cost-curve "
                          "(they choose this machine's curve instead)")
@@ -90,13 +94,15 @@ def _curve_here(source: dict, cost_curve: Path | None, model: str | None, heads:
             typer.echo(f"entmtp: warning: cost curve {cost_curve} was measured on another machine or setup "
                        f"({'; '.join(found)}); using it anyway", err=True)
         return curve_document["curve"], describe_curve(curve_document, f"file {cost_curve}")
-    from entmtp.heads.shipped import load_model_heads
+    from entmtp.heads.shipped import load_draft_vocab, load_model_heads
     from entmtp.model.loader import load_model, parse_dtype
 
     provenance = source["provenance"]
     loaded = load_model(model or provenance.get("model", {}).get("name"), parse_dtype(dtype or "bf16"))
     loaded_heads = load_model_heads(loaded, provenance["heads"]["kind"], heads)
-    return curve_for_bank(loaded, loaded_heads, source, top_k=provenance["heads"].get("top_k", 10), use_env=False)
+    vocab = load_draft_vocab(loaded, provenance["heads"]["kind"], heads, draft_vocab)
+    return curve_for_bank(loaded, loaded_heads, source, top_k=provenance["heads"].get("top_k", 10),
+                          draft_vocab=vocab, use_env=False)
 
 
 @app.command("candidates")
@@ -113,6 +119,8 @@ def trees_candidates(
     heads: str | None = typer.Option(None, "--heads", help="Without --cost-curve: the heads file or folder."),
     dtype: str | None = typer.Option(None, "--dtype", help="Without --cost-curve: the dtype whose step cost "
                                      "(default bf16)."),
+    draft_vocab: str | None = typer.Option(None, "--draft-vocab", help="Without --cost-curve: the step cost "
+                                           "drafting over this shortlist (heads, N or off; for hydra@FILE+dv)."),
 ) -> None:
     """A source's best static trees among all its candidates on this machine's curve
     (modeled: de-biased accepted length from the calibration steps, ms from the curve)."""
@@ -132,7 +140,7 @@ def trees_candidates(
     source, where = read_any_bank(name)
     if not is_source(source):
         raise UsageError(f"{where} is a built bank; candidates come from a bank source")
-    curve, described = _curve_here(source, cost_curve, model, heads, dtype)
+    curve, described = _curve_here(source, cost_curve, model, heads, dtype, draft_vocab)
     fitted = monotone_curve(curve)
     extras = [(e["name"], canonical_paths(e["paths"])) for e in source["extra_trees"]]
     candidates = candidates_from({"steps": source["steps"], "superset": source["superset"], "cost_curve": fitted},

@@ -30,3 +30,15 @@ def test_bench_step_rejects_bad_tree_sizes(capsys):
     code, _, err = _run(capsys, "bench-step", "--tree-nodes", "0,many")
     assert code == 2
     _one_error_line(err, "--tree-nodes must be a comma list")
+
+
+def test_the_gemm_plan_prints_one_line_per_shape_with_runs_of_row_buckets():
+    from entmtp.bench.step import compact_plan
+
+    plan = {f"3072x576@{r}": ("onednn" if r in (56, 120, 256, 512) else "ours")
+            for r in (*range(1, 33), *range(40, 129, 8), 256, 512)}
+    plan["576x576+3072x576@1"] = "ours"
+    plan["576x576+3072x576@2"] = "ours"
+    plan["576x576+3072x576@4"] = "onednn"
+    assert compact_plan(plan) == ["3072x576: onednn 56, 120, 256-512; ours 1-48, 64-112, 128",
+                                  "576x576+3072x576: onednn 4; ours 1-2"]

@@ -127,3 +127,43 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(RuntimeError, match="7 tensors per layer"):
         torch.ops.entmtp.decoder_layers(x, [x] * 6, [-1] * 4, x, x, torch.zeros(1, 2, 1, 1, 4, 8), 0, 1, None,
                                         1, 1, 1e-5, 1.0, x)
+
+
+def test_where_the_loop_can_be_one_op_the_attention_is_chosen_on_a_whole_layer(default_model, monkeypatch):
+    """SDPA alone can beat ours while the one-op layer loop with ours beats SDPA's Python loop
+    (a 16-node verify on a Sapphire Rapids): so where ours would make the loop one op, the
+    choice times one whole layer of the model each way, once per T and L, and keeps the faster."""
+    from entmtp.model import attention
+
+    monkeypatch.delenv("ENTMTP_ATTENTION", raising=False)
+    monkeypatch.setenv("ENTMTP_GEMM", "ours")
+    monkeypatch.setattr(attention.CHOICE, "_plan", {})
+    monkeypatch.setattr(attention.CHOICE, "_loaded", True)    # nothing from this machine's cache
+    monkeypatch.setattr(attention.CHOICE, "_save", lambda: None)
+    measured = []
+    real = default_model._measure_layer
+
+    def measure(t, length):
+        seconds = real(t, length)  # both backends really run on the model's first layer
+        assert set(seconds) == {"ours", "sdpa"} and all(s > 0 for s in seconds.values())
+        measured.append((t, length))
+        return {"ours": 2.0, "sdpa": 1.0} if len(measured) == 1 else {"ours": 1.0, "sdpa": 2.0}
+
+    monkeypatch.setattr(default_model, "_measure_layer", measure)
+    bits = tree_bits_from_parents(torch.tensor([-1, 0, 0, 1, 1, 2, 2, 3, 3]))
+    with torch.inference_mode():
+        backend = default_model._layer_gemm(9)
+        first = default_model._step_attention(bits, PROMPT, 9, backend)
+        again = default_model._step_attention(bits, PROMPT + 50, 9, backend)   # same buckets: no new timing
+        other = default_model._step_attention(bits, 300, 9, backend)
+        assert measured == [(9, 128), (9, 512)]
+        assert (first.backend, again.backend, other.backend) == ("sdpa", "sdpa", "ours")
+        assert default_model._fused_stack(9, other, backend) is not None
+        assert default_model._fused_stack(9, first, backend) is None
+        default_model.fused_layers = False  # no one-op loop to win: the attention op alone decides
+        try:
+            monkeypatch.setattr(attention, "choose", lambda *args: "ours")
+            assert default_model._step_attention(bits, 2000, 9, backend).backend == "ours"
+        finally:
+            default_model.fused_layers = True
+    assert len(measured) == 2

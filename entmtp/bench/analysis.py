@@ -62,7 +62,7 @@ def goals(summary: dict, method: str, kind: str = "hydra") -> dict:
     """The issue's ratios for one bank method, per task: measured tok/s against
     the default-tree Hydra and Medusa and the bank's best static tree, and
     modeled tok/s against the oracle."""
-    suffix = "" if kind == "hydra" else "@medusa"
+    suffix = ("" if kind == "hydra" else "@medusa") + ("+dv" if method.endswith("+dv") else "")
     out = {}
     for task, rows in summary["tasks"].items():
         mine = rows.get(method)

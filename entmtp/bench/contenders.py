@@ -66,9 +66,9 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     a '+dv' suffix (draft vocabulary) is allowed on our speculative methods."""
     spec, draft_vocab = split_draft_vocab(spec)
     base, _, tree = spec.partition("@")
-    if draft_vocab and base not in HEAD_KINDS:
-        # A bank's confidence bins and step costs were calibrated over the full vocabulary.
-        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with {', '.join(HEAD_KINDS)}")
+    if draft_vocab and base not in HEAD_KINDS and base not in BANK_METHODS:
+        raise UsageError(f"method {spec + DRAFT_VOCAB_SUFFIX!r}: +dv goes with {', '.join(HEAD_KINDS)} "
+                         "and the bank methods")
     if base in PEERS and not tree:
         return base, None
     if base in BANK_METHODS:
@@ -109,6 +109,7 @@ class BankContender(OurContender):
         self.name = name
         self.eos = loaded.eos_token_ids
         self.loaded = loaded
+        self.draft_vocab = "heads" if split_draft_vocab(name)[1] else None
         self.kind = kind
         spec = bank_method_spec(base)
         self.scheduler, self.signal = (spec.scheduler, spec.signal) if spec else (None, None)
@@ -124,7 +125,8 @@ class BankContender(OurContender):
 
         if task not in self._decoders:
             options = MethodOptions(heads=self.heads_path, bank=self.banks.get(task), scheduler=self.scheduler,
-                                    signal=self.signal, head_kind=self.kind, task=task, cost_curve=self.cost_curve)
+                                    signal=self.signal, head_kind=self.kind, task=task, cost_curve=self.cost_curve,
+                                    draft_vocab=self.draft_vocab)
             self._decoders[task] = make_bank_decoder(self.loaded, options, heads=self.heads)
         self.decoder = self._decoders[task]
 

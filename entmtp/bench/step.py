@@ -230,10 +230,36 @@ def _print(result: dict, console: Console) -> None:
         curve.add_row(kind, *[(f"{points[n]['ms']:.1f} ms" if n == 0 else f"{points[n]['ratio']:.2f}")
                               if n in points else "" for n in sizes])
     console.print(curve)
-    plan = result["gemm_plan"]
-    if plan:
-        console.print("GEMM backend per weight shape (N x K) and row bucket: " + ", ".join(
-            f"{k} {v}" for k, v in plan.items()))
+    if result["gemm_plan"]:
+        console.print("GEMM backend per weight shape (N x K; a '+' joins a layer's matrices, which take one) "
+                      "by rows:")
+        for line in compact_plan(result["gemm_plan"]):
+            console.print("  " + line, soft_wrap=True)
+
+
+def compact_plan(plan: dict[str, str]) -> list[str]:
+    """{"3072x576@17": "ours", ...} -> one line per shape, its row buckets as runs per
+    backend ("3072x576: ours 1-112, 128; onednn 120, 256-512"); runs follow linear.BUCKETS."""
+    by_shape: dict[str, dict[int, str]] = {}
+    for key, backend in plan.items():
+        shape, _, rows = key.rpartition("@")
+        by_shape.setdefault(shape, {})[int(rows)] = backend
+    order = {b: i for i, b in enumerate(linear.BUCKETS)}
+    lines = []
+    for shape, buckets in sorted(by_shape.items(), key=lambda item: (item[0].count("+"), item[0])):
+        runs: dict[str, list[list[int]]] = {}
+        rows = sorted(buckets, key=lambda r: (order.get(r, len(order)), r))
+        for i, r in enumerate(rows):
+            backend = buckets[r]
+            follows = i > 0 and buckets[rows[i - 1]] == backend and order.get(r, -2) == order.get(rows[i - 1], -9) + 1
+            if follows:
+                runs[backend][-1].append(r)
+            else:
+                runs.setdefault(backend, []).append([r])
+        parts = [f"{backend} " + ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in spans)
+                 for backend, spans in sorted(runs.items())]
+        lines.append(f"{shape}: " + "; ".join(parts))
+    return lines
 
 
 def _weights(model) -> list[torch.Tensor]:

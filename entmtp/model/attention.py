@@ -5,7 +5,9 @@ dense mask, whichever measured faster here for the shape (entmtp.model.autotune)
 Measured on a 2-core Sapphire Rapids (bf16, 9 query / 3 kv heads of 64): ours is
 2-3x faster for one token (the plain decoding step: no mask to build, no GEMM to
 set up), torch's (oneDNN GEMMs, AMX) 1.5x at 16 tree tokens and 2.5-3.5x at 64-512
-(trees, prefill). On CUDA the op's own kernel always runs.
+(trees, prefill). Where ours would let the model run its layer loop as one op
+(entmtp.model.llama), the model measures a whole layer each way instead (choose_layer).
+On CUDA the op's own kernel always runs.
 ENTMTP_ATTENTION=ours|sdpa forces one.
 """
 from __future__ import annotations
@@ -24,6 +26,10 @@ OURS, SDPA = "ours", "sdpa"
 CHOICE = MeasuredChoice("attention", (OURS, SDPA), env="ENTMTP_ATTENTION", default=OURS)
 _T_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _L_BUCKETS = (0, 128, 256, 512, 1024, 2048, 4096, 8192)
+# A whole layer's cost steps with the GEMM tiles, so its choice is measured at every T to 32:
+# with T bucketed to 32, a 17-token tree on the Sapphire Rapids got SDPA (measured at 32),
+# though the one-op loop with ours ran the 17 tokens faster (19.95 vs 21.25 ms a verify).
+_LAYER_T_BUCKETS = tuple(range(1, 33)) + tuple(range(40, 129, 8)) + (256, 512, 1024, 2048)
 
 
 def _bucket(value: int, buckets) -> int:
@@ -92,6 +98,14 @@ def choose(n_new: int, cache_len: int, n_q: int, n_kv: int, head_dim: int, dtype
     t, length = _bucket(n_new, _T_BUCKETS), _bucket(cache_len, _L_BUCKETS)
     key = f"{n_q}/{n_kv}x{head_dim}:{str(dtype).removeprefix('torch.')}:T{t}:L{length}"
     return CHOICE.choose(key, lambda: measure(t, length, n_q, n_kv, head_dim, dtype))
+
+
+def choose_layer(layer_key: str, n_new: int, cache_len: int, measure_layer) -> str:
+    """The backend for a forward whose layer loop runs as one op with ours (and as a Python
+    loop with SDPA): measure_layer(T, L) -> {backend: seconds} times one whole layer of the
+    model each way, at the buckets' sizes."""
+    t, length = _bucket(n_new, _LAYER_T_BUCKETS), _bucket(cache_len, _L_BUCKETS)
+    return CHOICE.choose(f"layer {layer_key}:T{t}:L{length}", lambda: measure_layer(t, length))
 
 
 def measure(n_new: int, cache_len: int, n_q: int, n_kv: int, head_dim: int, dtype: torch.dtype,

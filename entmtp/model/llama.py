@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from entmtp import reference
+from entmtp.model import attention
 from entmtp.model import linear as gemm
-from entmtp.model.attention import OURS, StepAttention
+from entmtp.model.attention import OURS, SDPA, StepAttention
+from entmtp.model.autotune import time_backends
 from entmtp.model.config import ModelConfig, rope_inverse_frequencies
 from entmtp.model.linear import bf16_linear
 from entmtp.model.quant import QTYPES, Precision, QuantizedWeight, embedding, precision_of
+from entmtp.reference import tree_bits_from_parents
 
 
 @dataclasses.dataclass
@@ -131,6 +134,7 @@ class LlamaModel:
         self.fused_layers = True
         self._stack: Optional[tuple] = None  # _build_stack, at first use
         self._bf16_shapes: Optional[tuple] = None  # the bf16 layer matrices' shapes (_layer_gemm)
+        self._attention_forced: Optional[str] = None  # _measure_layer's probes: no choice to make
         self._ensure_rope(min(config.max_position_embeddings, 4096))
 
     # -- RoPE -----------------------------------------------------------------
@@ -202,10 +206,9 @@ class LlamaModel:
         flat_positions = position_ids.reshape(rows)
         cos, sin = cos_table[flat_positions], sin_table[flat_positions]  # [B T, D]
 
-        attend = StepAttention.for_forward(tree_bits, cache_len, n_new, n_q, n_kv, head_dim, self.dtype,
-                                           self.device)  # the backend and mask every layer shares
         x = inputs.to(self.dtype).reshape(rows, cfg.hidden_size)  # residual [B T, H]
         backend = self._layer_gemm(rows)  # one GEMM backend for every layer matrix, or None
+        attend = self._step_attention(tree_bits, cache_len, n_new, backend)  # what every layer shares
         stack = self._fused_stack(rows, attend, backend)
         if stack is not None:
             h = torch.ops.entmtp.decoder_layers(x, stack[0], stack[1], cos, sin, cache.kv, cache_len, batch,
@@ -240,19 +243,71 @@ class LlamaModel:
                                               if not isinstance(m, QuantizedWeight) and m.dtype == torch.bfloat16}))
         return gemm.choose_group(rows, self._bf16_shapes) if self._bf16_shapes else None
 
+    def _stack_possible(self, backend: Optional[str]) -> bool:
+        """Whether a forward whose layer matrices take GEMM `backend` could run the layer
+        loop as one op (ops.decoder_layers) with our attention: CPU, no autograd, and every
+        matrix through our GEMMs (quantized blocks, or bf16 weights where `backend` is ours)."""
+        if not self.fused_layers or self.device.type != "cpu" or torch.is_grad_enabled():
+            return False
+        if self._stack is None:
+            self._stack = self._build_stack()
+        return self._stack[0] is not None and backend in (None, gemm.OURS)
+
     def _fused_stack(self, rows: int, attend: StepAttention,
                      backend: Optional[str]) -> Optional[tuple[list[torch.Tensor], list[int]]]:
         """(weights, qtypes) for ops.decoder_layers when this forward of `rows` rows would run
-        exactly its ops from Python: CPU, our attention, and every matrix through our GEMMs
-        (quantized blocks, or bf16 weights where `backend` is ours); else None."""
-        if not self.fused_layers or self.device.type != "cpu" or attend.backend != OURS or torch.is_grad_enabled():
+        exactly its ops from Python (_stack_possible, and our attention); else None."""
+        if attend.backend != OURS or not self._stack_possible(backend):
             return None
-        if self._stack is None:
-            self._stack = self._build_stack()
-        weights, qtypes = self._stack
-        if weights is None or backend not in (None, gemm.OURS):
-            return None
-        return weights, qtypes
+        return self._stack
+
+    def _step_attention(self, tree_bits: Optional[torch.Tensor], cache_len: int, n_new: int,
+                        backend: Optional[str]) -> StepAttention:
+        """The attention backend (and SDPA's mask) every layer of this forward shares: a
+        measured choice on the CPU. Where our attention lets the layer loop run as one op,
+        the choice is measured on a whole layer (attention.choose_layer), since the one-op
+        loop also saves the Python loop's op calls. Measured on a 2-core Sapphire Rapids
+        (amx, bf16, 256 keys): SDPA alone beat ours at 16 new tokens (63 vs 99 us a call),
+        yet a 16-node Hydra verify took 19.95 ms one-op with ours, 21.25 ms with SDPA."""
+        cfg = self.config
+        if self.device.type != "cpu":
+            name = OURS
+        elif self._attention_forced is not None:
+            name = self._attention_forced
+        elif self._stack_possible(backend):
+            name = attention.choose_layer(self._layer_key(), n_new, cache_len, self._measure_layer)
+        else:
+            name = attention.choose(n_new, cache_len, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                    cfg.head_dim, self.dtype)
+        return StepAttention(name, tree_bits, cache_len, n_new, self.device, self.dtype)
+
+    def _layer_key(self) -> str:
+        """What a layer's cost depends on besides T and L: its shapes, dtype and weight types."""
+        cfg = self.config
+        qtypes = ",".join(str(q) for q in self._stack[1][:4])
+        bias = "+bias" if self.layers[0].qkv_bias is not None else ""
+        return (f"{cfg.hidden_size}x{cfg.intermediate_size}:{cfg.num_attention_heads}/{cfg.num_key_value_heads}"
+                f"x{cfg.head_dim}:{str(self.dtype).removeprefix('torch.')}:w{qtypes}{bias}")
+
+    def _measure_layer(self, n_new: int, cache_len: int) -> dict[str, float]:
+        """Median seconds of one forward through this model's first layer (its own weights)
+        with each attention backend, n_new tokens after cache_len random ones: a one-layer
+        model sharing the layer, each forced to one backend, on a scratch cache."""
+        one = dataclasses.replace(self.config, num_hidden_layers=1)
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(1, n_new, one.hidden_size, generator=generator).to(self.dtype)
+        positions = torch.arange(cache_len, cache_len + n_new)[None]
+        bits = None  # one token or a prefill: causal; else a bushy tree, as attention.measure
+        if cache_len > 0 and n_new > 1:
+            bits = tree_bits_from_parents(torch.tensor([-1] + [max(0, i - 4) for i in range(1, n_new)]))
+        calls = {}
+        for name in (OURS, SDPA):
+            probe = LlamaModel(one, self.embed, self.layers[:1], self.final_norm, self.lm_head, self.precision)
+            probe._attention_forced = name
+            cache = probe.new_cache(1, cache_len + n_new)
+            cache.kv.copy_(torch.randn(cache.kv.shape, generator=generator))
+            calls[name] = (lambda p=probe, c=cache: p.forward_embeds(inputs, positions, c, cache_len, bits))
+        return time_backends(calls)
 
     def _build_stack(self) -> tuple:
         """The decoder_layers arguments, built once: (weights, qtypes), or (None, None) where
