@@ -16,7 +16,7 @@ def main(out: Path, tasks: list[str], dv: str = "") -> None:
     for task in tasks:
         summary = json.loads((out / task / "summary.json").read_text())
         rows[task] = summary["tasks"][task]
-        bank = summary.get("banks", {}).get(entmtp) or summary.get("banks", {}).get("entmtp", {}).get(task, {})
+        bank = (summary.get("banks", {}).get(entmtp) or summary.get("banks", {}).get("entmtp", {})).get(task, {})
         cost = bank.get("cost", {})
         notes.append(f"- {task}: bank trees {', '.join(t['name'] for t in bank.get('trees', []))}; recommended "
                      f"{bank.get('recommended')}; cost curve {cost.get('origin')} ({cost.get('cpu_class')}, "

@@ -51,8 +51,9 @@ def assert_flash_rule(q, k, v, bits, scale, out, floor=1e-5):
 
 # (B, T, Hq, Hkv, L, D, tree): GQA ratios 1, 3, 4; D 64, 128 and a generic 8/80;
 # T = 1, L = 0, one-word (64) and two-word (128) trees; Lk large enough for key splits.
-# In bf16 on the AVX-512-BF16 and AMX paths, tiles of more than 4 rows with D a multiple
-# of 32 take the bf16 dot-product tiles (kernels/attention_bf16dp.h), the rest fp32 tiles.
+# In bf16, tiles of more than 4 rows with D a multiple of 32 take the AMX tiles on the AMX path
+# (kernels/attention_amx.h: D up to 128, blocks of 64 keys in groups of 16) and the bf16
+# dot-product tiles on the AVX-512-BF16 path (kernels/attention_bf16dp.h); the rest fp32 tiles.
 SHAPES = [
     (1, 1, 9, 3, 300, 64, "none"),      # decode, GQA 3
     (1, 1, 9, 3, 3000, 64, "none"),     # decode with key splits
@@ -68,6 +69,9 @@ SHAPES = [
     # cut into tiles of 6 and 14 / 13 rows; 256 + T keys end on an odd key block.
     (1, 2, 9, 3, 300, 64, "tree"),
     (1, 9, 9, 3, 256, 64, "tree"),
+    (1, 17, 9, 3, 256, 64, "tree"),     # a 16-node tree: 51 rows, two tiles a kv head
+    (1, 12, 4, 2, 70, 32, "tree"),      # D 32; 82 keys: a 64-key block, then 18 (a group of 2)
+    (1, 7, 3, 1, 113, 64, "causal"),    # 21 rows (two row blocks, 11 padded); 120 keys
 ]
 
 
@@ -113,6 +117,16 @@ def test_row_without_visible_key_is_zero():
     out = ops.tree_attention(q, k, v, bits, 0.125)
     assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
     assert torch.equal(out, tree_attention_ref(q, k, v, bits, 0.125))
+
+
+def test_bf16_tiles_give_a_row_without_visible_key_zeros():
+    """The larger bf16 tiles (AMX or vdpbf16ps: 8 rows a kv head here) keep a fully masked row at zero."""
+    q, k, v = make_inputs(1, 8, 2, 2, 0, 64, torch.bfloat16)
+    bits = causal_tree_bits(8).clone()
+    bits[1] = 0  # row 1 sees nothing
+    out = ops.tree_attention(q, k, v, bits, 0.125)
+    assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
+    assert_flash_rule(q, k, v, bits, 0.125, out)
 
 
 def test_thread_count_does_not_change_result():

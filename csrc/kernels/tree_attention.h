@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/attention_amx.h"
 #include "kernels/attention_args.h"
 #include "kernels/attention_bf16dp.h"
 #include "kernels/attention_decode.h"
@@ -109,11 +110,16 @@ AttnPlan plan_attention(const AttnArgs<Elem>& a, int64_t threads) {
 // Scratch floats one worker needs (reused across its items).
 inline int64_t attention_scratch_floats(int64_t D) {
   const int64_t rpad = round_up(kMaxTileRows, 16);
-  return D * rpad                // Q tile, either [R][D] or transposed [D][Rpad]
-         + kKeyBlock * rpad      // scores S[j][r]
-         + kMaxTileRows * D      // output accumulators, [R][D] or transposed [D][rpad]
-         + 2 * kKeyBlock * D     // K and V block widened to fp32
-         + 3 * rpad;             // m, l, alpha per row
+  const int64_t floats = D * rpad             // Q tile, either [R][D] or transposed [D][Rpad]
+                         + kKeyBlock * rpad   // scores S[j][r]
+                         + kMaxTileRows * D   // output accumulators, [R][D] or transposed [D][rpad]
+                         + 2 * kKeyBlock * D  // K and V block widened to fp32
+                         + 3 * rpad;          // m, l, alpha per row
+#if ENTMTP_ISA_LEVEL >= 4
+  return std::max(floats, attn_amx::amx_scratch_floats(D));  // the AMX tiles' buffers (attention_amx.h)
+#else
+  return floats;
+#endif
 }
 
 // Partial state of one (item, row) after its key split: unnormalised O, m, l.
@@ -311,6 +317,16 @@ TileAcc attention_tile(const AttnArgs<Elem>& a, const AttnPlan& p, int64_t b, in
   const Elem* kbase = a.k + b * a.k_sb + hkv * a.k_sh;
   const Elem* vbase = a.v + b * a.v_sb + hkv * a.v_sh;
 
+#if ENTMTP_ISA_LEVEL >= 4
+  if constexpr (std::is_same<Elem, bf16_t>::value) {
+    if (attn_amx::amx_tile(R, D)) {  // attention_amx.h: both products as AMX tile products
+      const attn_amx::AmxAcc acc = attn_amx::amx_attention_tile(
+          a, b, hkv, G, r0, R, k_begin, k_end, scratch,
+          [&](float* s, int64_t ld, int64_t kb, int64_t nk) { mask_new_keys(a, s, 1, ld, kb, nk, r0, R, G); });
+      return TileAcc{acc.O, D, 1, acc.m, acc.l};
+    }
+  }
+#endif
 #if ENTMTP_ISA_LEVEL >= 3
   if constexpr (std::is_same<Elem, bf16_t>::value) {
     if (bf16dp_tile<Elem>(R, D)) {  // attention_bf16dp.h: the same loop on bf16 pairs, 16 rows a vector
