@@ -307,7 +307,10 @@ class LlamaModel:
             cache = probe.new_cache(1, cache_len + n_new)
             cache.kv.copy_(torch.randn(cache.kv.shape, generator=generator))
             calls[name] = (lambda p=probe, c=cache: p.forward_embeds(inputs, positions, c, cache_len, bits))
-        return time_backends(calls)
+        # 15 rounds, not time_backends' 7: the calls are short (0.3-1.5 ms), and with another
+        # process timing beside it a 4-token choice went to SDPA on the AMX Xeon (a 3-node step
+        # 16.5 -> 20.6 ms) where a quiet machine measures ours 0.33 vs 0.42 ms a layer.
+        return time_backends(calls, repeats=15)
 
     def _build_stack(self) -> tuple:
         """The decoder_layers arguments, built once: (weights, qtypes), or (None, None) where
