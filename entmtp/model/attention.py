@@ -53,12 +53,6 @@ class StepAttention:
             block = _tree_block(tree_bits, n_new, dtype, device)
             self.mask = torch.cat([torch.zeros(n_new, cache_len, dtype=dtype, device=device), block], dim=1)
 
-    @classmethod
-    def for_forward(cls, tree_bits: Optional[torch.Tensor], cache_len: int, n_new: int, n_q: int, n_kv: int,
-                    head_dim: int, dtype: torch.dtype, device: torch.device) -> "StepAttention":
-        backend = OURS if device.type != "cpu" else choose(n_new, cache_len, n_q, n_kv, head_dim, dtype)
-        return cls(backend, tree_bits, cache_len, n_new, device, dtype)
-
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """q [B, T, Hq, D]; k, v [B, Hkv, L + T, D] -> [B, T, Hq, D] contiguous."""
         if self.backend == OURS:

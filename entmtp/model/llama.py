@@ -135,6 +135,7 @@ class LlamaModel:
         self._stack: Optional[tuple] = None  # _build_stack, at first use
         self._bf16_shapes: Optional[tuple] = None  # the bf16 layer matrices' shapes (_layer_gemm)
         self._attention_forced: Optional[str] = None  # _measure_layer's probes: no choice to make
+        self._layer_key_text: Optional[str] = None  # _layer_key, at first use
         self._ensure_rope(min(config.max_position_embeddings, 4096))
 
     # -- RoPE -----------------------------------------------------------------
@@ -282,12 +283,17 @@ class LlamaModel:
         return StepAttention(name, tree_bits, cache_len, n_new, self.device, self.dtype)
 
     def _layer_key(self) -> str:
-        """What a layer's cost depends on besides T and L: its shapes, dtype and weight types."""
+        """What a layer's cost depends on besides T and L: its shapes, dtype and weight types
+        (made once: every CPU forward asks)."""
+        if self._layer_key_text is not None:
+            return self._layer_key_text
         cfg = self.config
         qtypes = ",".join(str(q) for q in self._stack[1][:4])
         bias = "+bias" if self.layers[0].qkv_bias is not None else ""
-        return (f"{cfg.hidden_size}x{cfg.intermediate_size}:{cfg.num_attention_heads}/{cfg.num_key_value_heads}"
-                f"x{cfg.head_dim}:{str(self.dtype).removeprefix('torch.')}:w{qtypes}{bias}")
+        self._layer_key_text = (f"{cfg.hidden_size}x{cfg.intermediate_size}:{cfg.num_attention_heads}/"
+                                f"{cfg.num_key_value_heads}x{cfg.head_dim}:{str(self.dtype).removeprefix('torch.')}"
+                                f":w{qtypes}{bias}")
+        return self._layer_key_text
 
     def _measure_layer(self, n_new: int, cache_len: int) -> dict[str, float]:
         """Median seconds of one forward through this model's first layer (its own weights)
